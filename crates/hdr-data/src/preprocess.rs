@@ -1,0 +1,1 @@
+//! Turning real images of digits into MNIST-style inputs.
