@@ -6,9 +6,15 @@
 //! - [`data`] (`hdr-data`): MNIST loading, verified download, splits, batches, augmentation,
 //!   preprocessing of real images.
 //! - [`metrics`] (`hdr-metrics`): confusion matrix, precision/recall/F1, reports, latency, memory.
+//! - [`models`] (`hdr-models`): the model zoo, its registry, summaries, safetensors files.
+//! - [`ops`] (`hdr-ops`): fast CPU kernels as candle custom ops.
+//! - [`train`] (`hdr-train`): training loop, optimisers, schedules, distillation, evaluation.
 //!
 //! Library users usually depend on the individual crates instead.
 #![warn(missing_docs)]
 
 pub use hdr_data as data;
 pub use hdr_metrics as metrics;
+pub use hdr_models as models;
+pub use hdr_ops as ops;
+pub use hdr_train as train;

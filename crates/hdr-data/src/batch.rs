@@ -14,9 +14,10 @@ pub const MNIST_MEAN: f32 = 0.1307;
 pub const MNIST_STD: f32 = 0.3081;
 
 /// How bytes become model inputs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Normalize {
     /// `x / 255`, in `[0, 1]` (the paper's normalisation).
+    #[default]
     UnitRange,
     /// `(x / 255 - mean) / std`.
     Standardize {
@@ -98,7 +99,7 @@ pub struct Batch {
 }
 
 /// Tag separating the shuffle stream from the augmentation streams of the same seed.
-const SHUFFLE_STREAM: u64 = 0x5_4F_F1E;
+const SHUFFLE_STREAM: u64 = 0x0054_FF1E;
 
 /// The order in which an epoch visits the samples.
 pub fn epoch_order(len: usize, cfg: &BatchConfig, epoch: u64) -> Vec<usize> {
@@ -138,31 +139,29 @@ pub fn fill_inputs(
     }
     let (w, h) = (data.cols(), data.rows());
     let norm = cfg.normalize;
-    out.par_chunks_mut(p)
-        .zip(indices.par_iter())
-        .for_each_init(
-            || vec![0f32; p],
-            |scratch, (dst, &i)| {
-                let src = data.image(i);
-                match &cfg.augment {
-                    None => {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = norm.apply(s as f32 / 255.0);
-                        }
-                    }
-                    Some(aug) => {
-                        for (d, &s) in scratch.iter_mut().zip(src) {
-                            *d = s as f32 / 255.0;
-                        }
-                        let mut rng = Rng::stream(cfg.seed, &[epoch, i as u64]);
-                        aug.apply(scratch, dst, w, h, &mut rng);
-                        if norm != Normalize::UnitRange {
-                            dst.iter_mut().for_each(|x| *x = norm.apply(*x));
-                        }
+    out.par_chunks_mut(p).zip(indices.par_iter()).for_each_init(
+        || vec![0f32; p],
+        |scratch, (dst, &i)| {
+            let src = data.image(i);
+            match &cfg.augment {
+                None => {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = norm.apply(s as f32 / 255.0);
                     }
                 }
-            },
-        );
+                Some(aug) => {
+                    for (d, &s) in scratch.iter_mut().zip(src) {
+                        *d = s as f32 / 255.0;
+                    }
+                    let mut rng = Rng::stream(cfg.seed, &[epoch, i as u64]);
+                    aug.apply(scratch, dst, w, h, &mut rng);
+                    if norm != Normalize::UnitRange {
+                        dst.iter_mut().for_each(|x| *x = norm.apply(*x));
+                    }
+                }
+            }
+        },
+    );
     Ok(())
 }
 
@@ -229,7 +228,13 @@ impl Iterator for Batches<'_> {
         }
         let indices = self.order[self.pos..self.pos + b].to_vec();
         self.pos += b;
-        Some(make_batch(self.data, indices, self.cfg, self.epoch, &self.device))
+        Some(make_batch(
+            self.data,
+            indices,
+            self.cfg,
+            self.epoch,
+            &self.device,
+        ))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -263,7 +263,11 @@ mod tests {
         assert!(Dataset::new(vec![0; 7], vec![0, 1], 2, 2).is_err());
         assert!(matches!(
             Dataset::new(vec![0; 8], vec![0, 10], 2, 2),
-            Err(DataError::LabelOutOfRange { index: 1, label: 10, .. })
+            Err(DataError::LabelOutOfRange {
+                index: 1,
+                label: 10,
+                ..
+            })
         ));
     }
 

@@ -21,7 +21,12 @@ use crate::mnist::{hex, md5_hex, MnistFile};
 ///
 /// This is what [`Mnist::load`](crate::Mnist::load) calls for each missing file; it is public
 /// for tools that manage their own data folders.
-pub fn download(file: &MnistFile, mirrors: &[String], dir: &Path, progress: bool) -> Result<PathBuf> {
+pub fn download(
+    file: &MnistFile,
+    mirrors: &[String],
+    dir: &Path,
+    progress: bool,
+) -> Result<PathBuf> {
     let failed = |attempts: Vec<String>| DataError::DownloadFailed {
         file: file.name.to_string(),
         attempts,
@@ -44,9 +49,8 @@ pub fn download(file: &MnistFile, mirrors: &[String], dir: &Path, progress: bool
 
 fn fetch_verified(url: &str, file: &MnistFile, dest: &Path, progress: bool) -> Result<()> {
     let tmp = temp_path(dest);
-    let result = fetch_to(url, file, &tmp, progress).and_then(|()| {
-        std::fs::rename(&tmp, dest).map_err(|e| DataError::io(dest, e))
-    });
+    let result = fetch_to(url, file, &tmp, progress)
+        .and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| DataError::io(dest, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -72,7 +76,11 @@ fn fetch_to(url: &str, file: &MnistFile, tmp: &Path, progress: bool) -> Result<(
     // MNIST's largest file is 10 MB; refuse anything absurd rather than fill the disk.
     let limit = file.gz_bytes.max(1 << 20) * 4;
     if length.is_some_and(|n| n > limit) {
-        return Err(fail(format!("server announces {} bytes, expected about {}", length.unwrap_or(0), file.gz_bytes)));
+        return Err(fail(format!(
+            "server announces {} bytes, expected about {}",
+            length.unwrap_or(0),
+            file.gz_bytes
+        )));
     }
     let bar = progress_bar(progress, length.unwrap_or(file.gz_bytes), file.name);
     let mut reader = response.into_body().into_reader();
@@ -82,7 +90,9 @@ fn fetch_to(url: &str, file: &MnistFile, tmp: &Path, progress: bool) -> Result<(
     let mut content = Vec::with_capacity(file.gz_bytes as usize);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| fail(format!("connection broke: {e}")))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| fail(format!("connection broke: {e}")))?;
         if n == 0 {
             break;
         }
@@ -92,14 +102,20 @@ fn fetch_to(url: &str, file: &MnistFile, tmp: &Path, progress: bool) -> Result<(
         md5.update(&buf[..n]);
         sha.update(&buf[..n]);
         content.extend_from_slice(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| DataError::io(tmp, e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| DataError::io(tmp, e))?;
         bar.inc(n as u64);
     }
     bar.finish_and_clear();
     if let Some(n) = length.filter(|&n| n != content.len() as u64) {
-        return Err(fail(format!("truncated: received {} of {n} bytes", content.len())));
+        return Err(fail(format!(
+            "truncated: received {} of {n} bytes",
+            content.len()
+        )));
     }
-    let out = out.into_inner().map_err(|e| DataError::io(tmp, e.into_error()))?;
+    let out = out
+        .into_inner()
+        .map_err(|e| DataError::io(tmp, e.into_error()))?;
     out.sync_all().map_err(|e| DataError::io(tmp, e))?;
 
     let (gz_md5, gz_sha) = (hex(&md5.finalize()), hex(&sha.finalize()));

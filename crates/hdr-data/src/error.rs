@@ -71,7 +71,9 @@ pub enum DataError {
     },
 
     /// The file holds more bytes than its header announces.
-    #[error("{path}: {extra} unexpected byte(s) after the {expected} data bytes the header announces")]
+    #[error(
+        "{path}: {extra} unexpected byte(s) after the {expected} data bytes the header announces"
+    )]
     TrailingData {
         /// The file.
         path: PathBuf,

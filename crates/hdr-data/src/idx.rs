@@ -35,7 +35,12 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(raw.len() * 6);
         GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| DataError::io(path, std::io::Error::new(e.kind(), format!("corrupt gzip data: {e}"))))?;
+            .map_err(|e| {
+                DataError::io(
+                    path,
+                    std::io::Error::new(e.kind(), format!("corrupt gzip data: {e}")),
+                )
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -84,7 +89,9 @@ pub fn parse(bytes: &[u8], rank: usize, path: &Path) -> Result<IdxArray> {
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let expected = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
     let Some(expected) = expected else {
         return Err(DataError::BadDimensions {
             path: path.into(),
@@ -116,7 +123,11 @@ pub fn parse(bytes: &[u8], rank: usize, path: &Path) -> Result<IdxArray> {
 /// Parses an image file's bytes: returns `(images, count, rows, cols)`.
 pub fn parse_images(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
     let arr = parse(bytes, 3, path)?;
-    let (n, rows, cols) = (arr.dims[0] as usize, arr.dims[1] as usize, arr.dims[2] as usize);
+    let (n, rows, cols) = (
+        arr.dims[0] as usize,
+        arr.dims[1] as usize,
+        arr.dims[2] as usize,
+    );
     if rows == 0 || cols == 0 {
         return Err(DataError::BadDimensions {
             path: path.into(),
@@ -251,7 +262,10 @@ mod tests {
 
         let mut bad = good.clone();
         bad[0] = 1;
-        assert!(matches!(parse(&bad, 3, p()), Err(DataError::BadMagic { .. })));
+        assert!(matches!(
+            parse(&bad, 3, p()),
+            Err(DataError::BadMagic { .. })
+        ));
         let mut bad = good.clone();
         bad[2] = 0x0D;
         assert!(matches!(
@@ -260,11 +274,19 @@ mod tests {
         ));
         assert!(matches!(
             parse(&good, 1, p()),
-            Err(DataError::WrongRank { found: 3, expected: 1, .. })
+            Err(DataError::WrongRank {
+                found: 3,
+                expected: 1,
+                ..
+            })
         ));
         assert!(matches!(
             parse(&good[..good.len() - 1], 3, p()),
-            Err(DataError::Truncated { expected: 8, found: 7, .. })
+            Err(DataError::Truncated {
+                expected: 8,
+                found: 7,
+                ..
+            })
         ));
         assert!(matches!(
             parse(&good[..10], 3, p()),
@@ -276,7 +298,10 @@ mod tests {
             parse(&long, 3, p()),
             Err(DataError::TrailingData { extra: 1, .. })
         ));
-        assert!(matches!(parse(&[0, 0], 3, p()), Err(DataError::Truncated { .. })));
+        assert!(matches!(
+            parse(&[0, 0], 3, p()),
+            Err(DataError::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -284,7 +309,11 @@ mod tests {
         let bytes = encode(&[3], &[1, 9, 10]).unwrap();
         assert!(matches!(
             parse_labels(&bytes, p()),
-            Err(DataError::LabelOutOfRange { index: 2, label: 10, .. })
+            Err(DataError::LabelOutOfRange {
+                index: 2,
+                label: 10,
+                ..
+            })
         ));
     }
 
@@ -305,7 +334,11 @@ mod tests {
         write(&l, &[3], &[0, 1, 2])?;
         assert!(matches!(
             read_dataset(&i, &l),
-            Err(DataError::CountMismatch { n_images: 2, n_labels: 3, .. })
+            Err(DataError::CountMismatch {
+                n_images: 2,
+                n_labels: 3,
+                ..
+            })
         ));
         Ok(())
     }

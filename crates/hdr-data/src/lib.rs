@@ -38,13 +38,14 @@ mod mnist;
 pub mod preprocess;
 pub mod rng;
 
-pub use augment::Augment;
+pub use augment::{AffineWarp, Augment, Compose, ElasticDistortion, RandomAffine};
 pub use batch::{
     epoch_order, fill_inputs, Batch, BatchConfig, Batches, Normalize, MNIST_MEAN, MNIST_STD,
 };
+pub use dataset::{split_indices, Dataset, SplitConfig, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
 #[cfg(feature = "download")]
 pub use download::download;
-pub use dataset::{split_indices, Dataset, SplitConfig, IMAGE_PIXELS, IMAGE_SIDE, NUM_CLASSES};
 pub use error::{DataError, Result};
 pub use mnist::{Mnist, MnistFile, MnistOptions, DATA_DIR_ENV, MIRRORS, MNIST_FILES};
+pub use preprocess::{load_digit, preprocess, Invert, PreprocessConfig};
 pub use rng::Rng;

@@ -146,8 +146,10 @@ impl Mnist {
             Ok(bytes)
         };
         // The training images dominate; read them beside the other three.
-        let (train_images, (train_labels, (test_images, test_labels))) =
-            rayon::join(|| read(0), || rayon::join(|| read(1), || rayon::join(|| read(2), || read(3))));
+        let (train_images, (train_labels, (test_images, test_labels))) = rayon::join(
+            || read(0),
+            || rayon::join(|| read(1), || rayon::join(|| read(2), || read(3))),
+        );
         let train = dataset(&paths[0], train_images?, &paths[1], &train_labels?)?;
         let test = dataset(&paths[2], test_images?, &paths[3], &test_labels?)?;
         Ok(Self {
@@ -222,10 +224,11 @@ fn files_in(dir: &Path) -> std::result::Result<[PathBuf; 4], String> {
 
 /// The folder holding MNIST, after a download if one was needed and allowed.
 fn locate(opts: &MnistOptions) -> Result<PathBuf> {
-    let env_dir = opts
-        .env_var
-        .as_ref()
-        .and_then(|var| std::env::var_os(var).filter(|v| !v.is_empty()).map(|v| (var, PathBuf::from(v))));
+    let env_dir = opts.env_var.as_ref().and_then(|var| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(|v| (var, PathBuf::from(v)))
+    });
     let mut candidates: Vec<(PathBuf, String)> = Vec::new();
     if let Some(d) = &opts.dir {
         candidates.push((d.clone(), "explicit path".into()));
@@ -257,7 +260,10 @@ fn locate(opts: &MnistOptions) -> Result<PathBuf> {
         .or_else(|| env_dir.map(|(_, d)| d))
         .or_else(|| opts.project_dir.clone());
     let download = match target {
-        None => vec!["no folder to download into (no explicit path, environment variable or project folder)".into()],
+        None => vec![
+            "no folder to download into (no explicit path, environment variable or project folder)"
+                .into(),
+        ],
         Some(_) if !opts.download => vec!["disabled".into()],
         Some(target) => match fetch_all(&target, opts) {
             Ok(()) => return Ok(target),
@@ -270,14 +276,20 @@ fn locate(opts: &MnistOptions) -> Result<PathBuf> {
 #[cfg(feature = "download")]
 fn fetch_all(target: &Path, opts: &MnistOptions) -> std::result::Result<(), Vec<String>> {
     for file in &MNIST_FILES {
-        let present = [target.join(format!("{}.gz", file.name)), target.join(file.name)]
-            .iter()
-            .any(|p| p.is_file());
+        let present = [
+            target.join(format!("{}.gz", file.name)),
+            target.join(file.name),
+        ]
+        .iter()
+        .any(|p| p.is_file());
         if !present {
             match crate::download::download(file, &opts.mirrors, target, opts.progress) {
                 Ok(_) => {}
                 Err(DataError::DownloadFailed { file, attempts }) => {
-                    return Err(attempts.into_iter().map(|a| format!("{file}: {a}")).collect())
+                    return Err(attempts
+                        .into_iter()
+                        .map(|a| format!("{file}: {a}"))
+                        .collect())
                 }
                 Err(e) => return Err(vec![e.to_string()]),
             }
@@ -288,7 +300,9 @@ fn fetch_all(target: &Path, opts: &MnistOptions) -> std::result::Result<(), Vec<
 
 #[cfg(not(feature = "download"))]
 fn fetch_all(_target: &Path, _opts: &MnistOptions) -> std::result::Result<(), Vec<String>> {
-    Err(vec!["not available: hdr-data was built without the `download` feature".into()])
+    Err(vec![
+        "not available: hdr-data was built without the `download` feature".into(),
+    ])
 }
 
 #[cfg(test)]

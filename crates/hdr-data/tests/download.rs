@@ -27,7 +27,11 @@ fn gzip(raw: &[u8], level: u32) -> Vec<u8> {
 
 /// A small label file, its `.gz`, and a spec whose checksums match them.
 fn toy() -> (MnistFile, Vec<u8>, Vec<u8>) {
-    let raw = hdr_data::idx::encode(&[3000], &(0..3000).map(|i| (i % 10) as u8).collect::<Vec<_>>()).unwrap();
+    let raw = hdr_data::idx::encode(
+        &[3000],
+        &(0..3000).map(|i| (i % 10) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
     let gz = gzip(&raw, 6);
     let file = MnistFile {
         name: "toy-labels-idx1-ubyte",
@@ -41,22 +45,35 @@ fn toy() -> (MnistFile, Vec<u8>, Vec<u8>) {
 
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn routes(pairs: &[(&str, Reply)]) -> HashMap<String, Reply> {
-    pairs.iter().map(|(p, r)| (p.to_string(), r.clone())).collect()
+    pairs
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.clone()))
+        .collect()
 }
 
 #[test]
 fn good_file_is_written_whole() -> anyhow::Result<()> {
     let (file, _, gz) = toy();
-    let server = Server::start(routes(&[("/m/toy-labels-idx1-ubyte.gz", Reply::Ok(gz.clone()))]));
+    let server = Server::start(routes(&[(
+        "/m/toy-labels-idx1-ubyte.gz",
+        Reply::Ok(gz.clone()),
+    )]));
     let dir = tempfile::tempdir()?;
     let path = download(&file, &[format!("{}/m/", server.base)], dir.path(), false)?;
     assert_eq!(std::fs::read(&path)?, gz);
-    assert_eq!(leftovers(dir.path()), vec!["toy-labels-idx1-ubyte.gz".to_string()]);
+    assert_eq!(
+        leftovers(dir.path()),
+        vec!["toy-labels-idx1-ubyte.gz".to_string()]
+    );
     assert_eq!(hdr_data::idx::read_labels(&path)?.len(), 3000);
     Ok(())
 }
@@ -68,7 +85,7 @@ fn recompressed_copy_of_the_same_content_is_accepted() -> anyhow::Result<()> {
     assert_ne!(other, gz);
     let server = Server::start(routes(&[("/toy-labels-idx1-ubyte.gz", Reply::Ok(other))]));
     let dir = tempfile::tempdir()?;
-    download(&file, &[server.base.clone()], dir.path(), false)?;
+    download(&file, std::slice::from_ref(&server.base), dir.path(), false)?;
     Ok(())
 }
 
@@ -79,10 +96,14 @@ fn corrupted_file_is_rejected_and_removed() -> anyhow::Result<()> {
     gz[mid] ^= 0x55;
     let server = Server::start(routes(&[("/toy-labels-idx1-ubyte.gz", Reply::Ok(gz))]));
     let dir = tempfile::tempdir()?;
-    let err = download(&file, &[server.base.clone()], dir.path(), false).unwrap_err();
+    let err = download(&file, std::slice::from_ref(&server.base), dir.path(), false).unwrap_err();
     assert!(matches!(err, DataError::DownloadFailed { .. }), "{err}");
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
-    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
     Ok(())
 }
 
@@ -98,10 +119,17 @@ fn truncated_transfer_is_rejected_and_removed() -> anyhow::Result<()> {
         },
     )]));
     let dir = tempfile::tempdir()?;
-    let err = download(&file, &[server.base.clone()], dir.path(), false).unwrap_err();
+    let err = download(&file, std::slice::from_ref(&server.base), dir.path(), false).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("truncated") || msg.contains("connection broke"), "{msg}");
-    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    assert!(
+        msg.contains("truncated") || msg.contains("connection broke"),
+        "{msg}"
+    );
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
     Ok(())
 }
 
@@ -113,12 +141,20 @@ fn falls_back_to_the_next_mirror_and_reports_each_failure() -> anyhow::Result<()
         ("/up/toy-labels-idx1-ubyte.gz", Reply::Ok(gz)),
     ]));
     let dir = tempfile::tempdir()?;
-    let mirrors = [format!("{}/down", server.base), format!("{}/up", server.base)];
+    let mirrors = [
+        format!("{}/down", server.base),
+        format!("{}/up", server.base),
+    ];
     download(&file, &mirrors, dir.path(), false)?;
 
-    let only_bad = [format!("{}/down", server.base), format!("{}/gone", server.base)];
+    let only_bad = [
+        format!("{}/down", server.base),
+        format!("{}/gone", server.base),
+    ];
     let dir2 = tempfile::tempdir()?;
-    let msg = download(&file, &only_bad, dir2.path(), false).unwrap_err().to_string();
+    let msg = download(&file, &only_bad, dir2.path(), false)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("403") && msg.contains("404"), "{msg}");
     Ok(())
 }

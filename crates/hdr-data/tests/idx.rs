@@ -54,10 +54,38 @@ fn malformed_files_name_the_file_and_the_problem() -> anyhow::Result<()> {
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("magic", b"PK\x03\x04 not idx".to_vec(), "not an IDX file"),
-        ("type", { let mut b = good_images.clone(); b[2] = 0x0B; b }, "element type 0x0b"),
-        ("rank", { let mut b = good_images.clone(); b[3] = 2; b }, "2 dimension(s), expected 3"),
-        ("short", good_images[..good_images.len() - 3].to_vec(), "truncated"),
-        ("long", { let mut b = good_images.clone(); b.extend([1, 2]); b }, "2 unexpected byte(s)"),
+        (
+            "type",
+            {
+                let mut b = good_images.clone();
+                b[2] = 0x0B;
+                b
+            },
+            "element type 0x0b",
+        ),
+        (
+            "rank",
+            {
+                let mut b = good_images.clone();
+                b[3] = 2;
+                b
+            },
+            "2 dimension(s), expected 3",
+        ),
+        (
+            "short",
+            good_images[..good_images.len() - 3].to_vec(),
+            "truncated",
+        ),
+        (
+            "long",
+            {
+                let mut b = good_images.clone();
+                b.extend([1, 2]);
+                b
+            },
+            "2 unexpected byte(s)",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let p = write_raw(dir.path(), name, &bytes);
@@ -71,14 +99,25 @@ fn malformed_files_name_the_file_and_the_problem() -> anyhow::Result<()> {
     let ip = write_raw(dir.path(), "images", &good_images);
     assert!(matches!(
         idx::read_dataset(&ip, &bad_label),
-        Err(DataError::LabelOutOfRange { index: 1, label: 12, .. })
+        Err(DataError::LabelOutOfRange {
+            index: 1,
+            label: 12,
+            ..
+        })
     ));
     let three = write_raw(dir.path(), "three-labels", &idx::encode(&[3], &[1, 2, 3])?);
     assert!(matches!(
         idx::read_dataset(&ip, &three),
-        Err(DataError::CountMismatch { n_images: 2, n_labels: 3, .. })
+        Err(DataError::CountMismatch {
+            n_images: 2,
+            n_labels: 3,
+            ..
+        })
     ));
     let missing = dir.path().join("nope");
-    assert!(matches!(idx::read_dataset(&missing, &li), Err(DataError::Io { .. })));
+    assert!(matches!(
+        idx::read_dataset(&missing, &li),
+        Err(DataError::Io { .. })
+    ));
     Ok(())
 }

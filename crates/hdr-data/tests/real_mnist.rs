@@ -12,21 +12,26 @@ const TEST_COUNTS: [usize; 10] = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 97
 
 #[test]
 fn counts_histograms_and_pixels_are_mnists() -> anyhow::Result<()> {
-    let Some(dir) = real_data_dir() else { return Ok(()) };
+    let Some(dir) = real_data_dir() else {
+        return Ok(());
+    };
     let mnist = Mnist::from_dir(&dir)?;
     assert_eq!(mnist.train.len(), 60_000);
     assert_eq!(mnist.test.len(), 10_000);
     assert_eq!(mnist.train.class_counts(), TRAIN_COUNTS);
     assert_eq!(mnist.test.class_counts(), TEST_COUNTS);
     assert_eq!((mnist.train.rows(), mnist.train.cols()), (28, 28));
-    let mean = mnist.train.images().iter().map(|&p| p as f64).sum::<f64>() / (60_000.0 * 784.0 * 255.0);
+    let mean =
+        mnist.train.images().iter().map(|&p| p as f64).sum::<f64>() / (60_000.0 * 784.0 * 255.0);
     assert!((mean - 0.1307).abs() < 1e-3, "pixel mean {mean}");
     Ok(())
 }
 
 #[test]
 fn default_search_finds_hdr_data_dir() -> anyhow::Result<()> {
-    let Some(dir) = real_data_dir() else { return Ok(()) };
+    let Some(dir) = real_data_dir() else {
+        return Ok(());
+    };
     let opts = MnistOptions {
         project_dir: None,
         download: false,
@@ -39,7 +44,9 @@ fn default_search_finds_hdr_data_dir() -> anyhow::Result<()> {
 
 #[test]
 fn split_and_batches_on_real_data() -> anyhow::Result<()> {
-    let Some(dir) = real_data_dir() else { return Ok(()) };
+    let Some(dir) = real_data_dir() else {
+        return Ok(());
+    };
     let mnist = Mnist::from_dir(&dir)?;
     let (train, val) = mnist.train.split(&SplitConfig::default())?;
     assert_eq!((train.len(), val.len()), (55_000, 5_000));
@@ -51,7 +58,10 @@ fn split_and_batches_on_real_data() -> anyhow::Result<()> {
         batch_size: 256,
         ..BatchConfig::default()
     };
-    let batch = val.batches(&cfg, 0, &candle_core::Device::Cpu)?.next().expect("a batch")?;
+    let batch = val
+        .batches(&cfg, 0, &candle_core::Device::Cpu)?
+        .next()
+        .expect("a batch")?;
     assert_eq!(batch.images.dims(), &[256, 1, 28, 28]);
     let max = batch.images.max_all()?.to_scalar::<f32>()?;
     let min = batch.images.min_all()?.to_scalar::<f32>()?;
@@ -63,7 +73,9 @@ fn split_and_batches_on_real_data() -> anyhow::Result<()> {
 #[test]
 fn download_path_end_to_end_from_a_local_mirror() -> anyhow::Result<()> {
     use common::{Reply, Server};
-    let Some(dir) = real_data_dir() else { return Ok(()) };
+    let Some(dir) = real_data_dir() else {
+        return Ok(());
+    };
     let mut routes = std::collections::HashMap::new();
     for f in &MNIST_FILES {
         let bytes = std::fs::read(dir.join(format!("{}.gz", f.name)))?;
@@ -93,10 +105,15 @@ fn download_path_end_to_end_from_a_local_mirror() -> anyhow::Result<()> {
 
 #[test]
 fn a_corrupted_local_copy_is_refused() -> anyhow::Result<()> {
-    let Some(dir) = real_data_dir() else { return Ok(()) };
+    let Some(dir) = real_data_dir() else {
+        return Ok(());
+    };
     let tmp = tempfile::tempdir()?;
     for f in &MNIST_FILES {
-        std::fs::copy(dir.join(format!("{}.gz", f.name)), tmp.path().join(format!("{}.gz", f.name)))?;
+        std::fs::copy(
+            dir.join(format!("{}.gz", f.name)),
+            tmp.path().join(format!("{}.gz", f.name)),
+        )?;
     }
     // Same structure, one pixel changed: only the checksum can tell.
     let path = tmp.path().join("t10k-images-idx3-ubyte.gz");
@@ -105,6 +122,9 @@ fn a_corrupted_local_copy_is_refused() -> anyhow::Result<()> {
     hdr_data::idx::write(&path, &[n as u32, r as u32, c as u32], &img)?;
     let err = Mnist::from_dir(tmp.path()).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
-    assert!(Mnist::read(tmp.path(), false).is_ok(), "unverified read still works");
+    assert!(
+        Mnist::read(tmp.path(), false).is_ok(),
+        "unverified read still works"
+    );
     Ok(())
 }

@@ -15,9 +15,10 @@ use std::time::Duration;
 /// Under CI (`CI=true`) a missing folder is a failure, never a silent skip.
 pub fn real_data_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("HDR_DATA_DIR").map(PathBuf::from);
-    let ok = dir
-        .as_ref()
-        .is_some_and(|d| d.join("train-images-idx3-ubyte.gz").is_file() || d.join("train-images-idx3-ubyte").is_file());
+    let ok = dir.as_ref().is_some_and(|d| {
+        d.join("train-images-idx3-ubyte.gz").is_file()
+            || d.join("train-images-idx3-ubyte").is_file()
+    });
     if ok {
         return dir;
     }
@@ -104,18 +105,31 @@ fn serve(stream: TcpStream, routes: &HashMap<String, Reply>) -> std::io::Result<
     let mut out = stream;
     match routes.get(&path) {
         Some(Reply::Ok(body)) => {
-            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
             out.write_all(body)?;
         }
         Some(Reply::Truncated { body, announced }) => {
-            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n")?;
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n"
+            )?;
             out.write_all(body)?;
         }
         Some(Reply::Status(code)) => {
-            write!(out, "HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            write!(
+                out,
+                "HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
         }
         None => {
-            write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            write!(
+                out,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
         }
     }
     out.flush()

@@ -1,0 +1,158 @@
+//! Reproducible randomness: parameter initialisation and dropout masks.
+//!
+//! candle's CPU initialisers and `candle_nn::ops::dropout` draw from an unseedable thread RNG, so
+//! two runs never start alike. [`init`] re-draws a model's parameters from a seed with the same
+//! distributions as candle-nn's layers, and dropout here draws from a counter-based stream
+//! ([`seed`], [`rng_state`], [`set_rng_state`]) that a checkpoint can save and restore, as
+//! `torch.manual_seed` and `torch.get_rng_state` do. The stream belongs to the calling thread, so
+//! runs trained at the same time on different threads do not disturb each other.
+
+use std::cell::Cell;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+
+use crate::error::{ModelError, Result};
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+thread_local! {
+    static DROPOUT_STREAM: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Seeds this thread's dropout stream.
+pub fn seed(seed: u64) {
+    DROPOUT_STREAM.set(mix(seed ^ 0xD809_0B07));
+}
+
+/// This thread's dropout stream position, for checkpoints.
+pub fn rng_state() -> u64 {
+    DROPOUT_STREAM.get()
+}
+
+/// Restores a position saved by [`rng_state`].
+pub fn set_rng_state(state: u64) {
+    DROPOUT_STREAM.set(state);
+}
+
+/// Uniform numbers in [0, 1) from a SplitMix64 stream starting at `base`.
+fn uniforms(base: u64, n: usize) -> impl Iterator<Item = f32> {
+    (0..n as u64).map(move |i| {
+        (mix(base.wrapping_add((i + 1).wrapping_mul(GOLDEN))) >> 40) as f32 / (1u64 << 24) as f32
+    })
+}
+
+/// Inverted dropout: zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
+pub(crate) fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    let n = x.elem_count();
+    let base = DROPOUT_STREAM.get();
+    DROPOUT_STREAM.set(base.wrapping_add((n as u64).wrapping_mul(GOLDEN)));
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = uniforms(base, n)
+        .map(|u| if u < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+/// Standard normal samples (Box-Muller) from a stream.
+fn normals(base: u64, n: usize) -> Vec<f32> {
+    let mut u = uniforms(base, 2 * n.div_ceil(2) + 2);
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = 1.0 - u.next().unwrap_or(0.5) as f64;
+        let u2 = u.next().unwrap_or(0.5) as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = std::f64::consts::TAU * u2;
+        out.push((r * t.cos()) as f32);
+        out.push((r * t.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+/// Re-draws every parameter of `vars` from `seed`, with candle-nn's distributions: convolution
+/// and linear weights Kaiming-normal (std `sqrt(2 / fan_in)`), their biases uniform in
+/// `±1 / sqrt(fan_in)`; batch-norm parameters and statistics keep their constant initial values.
+///
+/// Call it right after building a model; the result depends only on the seed and the parameter
+/// names and shapes.
+pub fn init(vars: &VarMap, seed: u64) -> Result<()> {
+    let data = vars.data().lock().map_err(|_| ModelError::InvalidConfig {
+        model: "varmap",
+        reason: "the variable map's lock is poisoned".into(),
+    })?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for (k, name) in names.iter().enumerate() {
+        let var = &data[*name];
+        let dims = var.dims().to_vec();
+        let stream = mix(mix(seed) ^ mix(k as u64 + 1));
+        let values = if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let std = (2.0 / fan_in as f64).sqrt() as f32;
+            normals(stream, var.elem_count())
+                .into_iter()
+                .map(|z| z * std)
+                .collect::<Vec<_>>()
+        } else if let Some(fan_in) = bias_fan_in(&data, name) {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            uniforms(stream, var.elem_count())
+                .map(|u| (2.0 * u - 1.0) * bound)
+                .collect()
+        } else {
+            continue;
+        };
+        let t = Tensor::from_vec(values, dims, &Device::Cpu)?
+            .to_device(var.device())?
+            .to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// The fan-in of the weight a bias belongs to, if `name` is the bias of a convolution or linear layer.
+fn bias_fan_in(
+    data: &std::collections::HashMap<String, candle_core::Var>,
+    name: &str,
+) -> Option<usize> {
+    let prefix = name.strip_suffix("bias")?;
+    let weight = data.get(&format!("{prefix}weight"))?;
+    let dims = weight.dims();
+    (dims.len() >= 2).then(|| dims[1..].iter().product())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_keeps_the_expected_fraction_and_scale() -> Result<()> {
+        seed(1);
+        let x = Tensor::ones(100_000, candle_core::DType::F32, &Device::Cpu)?;
+        let y = dropout(&x, 0.25)?.to_vec1::<f32>()?;
+        let kept = y.iter().filter(|&&v| v > 0.0).count() as f64 / 1e5;
+        assert!((kept - 0.75).abs() < 0.01, "{kept}");
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let mean = y.iter().map(|&v| v as f64).sum::<f64>() / 1e5;
+        assert!((mean - 1.0).abs() < 0.02);
+        Ok(())
+    }
+
+    #[test]
+    fn normals_have_unit_variance() {
+        let z = normals(7, 100_001);
+        assert_eq!(z.len(), 100_001);
+        let m = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
+        let v = z.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / z.len() as f64;
+        assert!(m.abs() < 0.01 && (v - 1.0).abs() < 0.02, "{m} {v}");
+    }
+}

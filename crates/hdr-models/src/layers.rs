@@ -1,0 +1,381 @@
+//! Building blocks shared by the zoo: convolutions on `hdr-ops` kernels, batch norm, linear
+//! layers, pooling, and the shape tracer that produces [`Summary`].
+
+use candle_core::{Module, Tensor};
+use candle_nn::{BatchNorm, Init, Linear, VarBuilder};
+use hdr_ops::Conv2dConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::summary::{LayerSummary, Summary};
+
+/// Non-linearity between layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `max(0, x)`.
+    #[default]
+    Relu,
+    /// `min(max(0, x), 6)`, as in the TensorFlow MobileNets.
+    Relu6,
+    /// Hyperbolic tangent, as in LeCun et al. 1998.
+    Tanh,
+    /// Logistic sigmoid.
+    Sigmoid,
+}
+
+impl Activation {
+    pub(crate) fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Relu => x.relu()?,
+            Self::Relu6 => x.clamp(0f32, 6f32)?,
+            Self::Tanh => x.tanh()?,
+            Self::Sigmoid => candle_nn::ops::sigmoid(x)?,
+        })
+    }
+
+    /// The same activation fused into the convolution kernel, where the kernel has it.
+    fn fused(self) -> Option<hdr_ops::Activation> {
+        match self {
+            Self::Relu => Some(hdr_ops::Activation::Relu),
+            _ => None,
+        }
+    }
+}
+
+/// Spatial pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Pool {
+    /// Maximum over the window.
+    #[default]
+    Max,
+    /// Mean over the window (LeCun et al.'s subsampling, without its trainable scale).
+    Avg,
+}
+
+/// Follows one sample's shape through a model while it is built, and records the summary rows.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracer {
+    pub shape: Vec<usize>,
+    summary: Summary,
+}
+
+impl Tracer {
+    pub fn new(model: &str, input: &[usize]) -> Self {
+        Self {
+            shape: input.to_vec(),
+            summary: Summary {
+                model: model.to_string(),
+                input: input.to_vec(),
+                layers: Vec::new(),
+                buffers: 0,
+            },
+        }
+    }
+
+    pub fn chw(&self) -> Result<(usize, usize, usize)> {
+        match self.shape[..] {
+            [c, h, w] => Ok((c, h, w)),
+            _ => Err(ModelError::InvalidConfig {
+                model: "layers",
+                reason: format!(
+                    "a spatial layer needs a [c, h, w] input, got {:?}",
+                    self.shape
+                ),
+            }),
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        name: String,
+        kind: String,
+        output: Vec<usize>,
+        params: usize,
+        macs: u64,
+    ) {
+        self.shape = output.clone();
+        self.summary.layers.push(LayerSummary {
+            name,
+            kind,
+            output,
+            params,
+            macs,
+        });
+    }
+
+    pub fn set_shape(&mut self, shape: Vec<usize>) {
+        self.shape = shape;
+    }
+
+    pub fn add_buffers(&mut self, n: usize) {
+        self.summary.buffers += n;
+    }
+
+    pub fn pool(
+        &mut self,
+        name: String,
+        pool: Pool,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<()> {
+        let (c, h, w) = self.chw()?;
+        let out = |n: usize| {
+            (n + 2 * padding)
+                .checked_sub(kernel)
+                .map(|v| v / stride + 1)
+        };
+        let (Some(oh), Some(ow)) = (out(h), out(w)) else {
+            return Err(ModelError::InvalidConfig {
+                model: "layers",
+                reason: format!("{kernel}x{kernel} pooling does not fit a {h}x{w} input"),
+            });
+        };
+        let kind = format!("{pool:?}Pool {kernel}x{kernel}/{stride}");
+        self.push(name, kind, vec![c, oh, ow], 0, 0);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Summary {
+        self.summary
+    }
+}
+
+/// Output size of a convolution or pooling window along one axis.
+fn out_size(n: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    (n + 2 * pad).checked_sub(k).map(|v| v / stride + 1)
+}
+
+/// Geometry of a 2-D convolution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvSpec {
+    pub out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// 1 for dense, `in_channels` for depthwise.
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A `k x k` dense convolution with "same" padding for odd `k` at stride 1.
+    pub fn same(out: usize, kernel: usize, stride: usize) -> Self {
+        Self {
+            out,
+            kernel,
+            stride,
+            padding: kernel / 2,
+            groups: 1,
+            bias: false,
+        }
+    }
+}
+
+/// 2-D convolution on the `hdr-ops` kernels, with an optional fused activation.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv2dConfig,
+}
+
+impl Conv {
+    /// Builds the layer and records it; `act` is fused into the kernel where possible, else applied after.
+    pub fn new(t: &mut Tracer, spec: ConvSpec, vb: VarBuilder<'_>) -> Result<Self> {
+        let (c, h, w) = t.chw()?;
+        if spec.groups == 0
+            || c % spec.groups != 0
+            || spec.out % spec.groups != 0
+            || spec.stride == 0
+        {
+            return Err(ModelError::InvalidConfig {
+                model: "conv2d",
+                reason: format!(
+                    "{c} -> {} channels in {} groups, stride {}",
+                    spec.out, spec.groups, spec.stride
+                ),
+            });
+        }
+        let (Some(oh), Some(ow)) = (
+            out_size(h, spec.kernel, spec.stride, spec.padding),
+            out_size(w, spec.kernel, spec.stride, spec.padding),
+        ) else {
+            return Err(ModelError::InvalidConfig {
+                model: "conv2d",
+                reason: format!("{0}x{0} kernel does not fit a {h}x{w} input", spec.kernel),
+            });
+        };
+        let cin_g = c / spec.groups;
+        let weight = vb.get_with_hints(
+            (spec.out, cin_g, spec.kernel, spec.kernel),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let bias = if spec.bias {
+            let bound = 1.0 / ((cin_g * spec.kernel * spec.kernel) as f64).sqrt();
+            Some(vb.get_with_hints(
+                spec.out,
+                "bias",
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?)
+        } else {
+            None
+        };
+        let params = weight.elem_count() + bias.as_ref().map_or(0, |b| b.elem_count());
+        let macs = (spec.out * oh * ow * cin_g * spec.kernel * spec.kernel) as u64;
+        let dw = if spec.groups > 1 && spec.groups == c {
+            " dw"
+        } else {
+            ""
+        };
+        let kind = format!("Conv2d {0}x{0}/{1}{dw}", spec.kernel, spec.stride);
+        t.push(vb.prefix(), kind, vec![spec.out, oh, ow], params, macs);
+        Ok(Self {
+            weight,
+            bias,
+            cfg: Conv2dConfig {
+                stride: spec.stride,
+                padding: spec.padding,
+                groups: spec.groups,
+                activation: hdr_ops::Activation::None,
+            },
+        })
+    }
+
+    /// Fuses `act` into the kernel; returns whether it could.
+    pub fn fuse(&mut self, act: Activation) -> bool {
+        match act.fused() {
+            Some(a) => {
+                self.cfg.activation = a;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(hdr_ops::conv2d(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            &self.cfg,
+        )?)
+    }
+}
+
+/// Convolution without bias, batch norm, activation: the unit of ResNet, DenseNet and MobileNet.
+#[derive(Debug, Clone)]
+pub(crate) struct ConvBn {
+    conv: Conv,
+    bn: BatchNorm,
+    act: Option<Activation>,
+}
+
+impl ConvBn {
+    /// `vb` holds `conv` and `bn`.
+    pub fn new(
+        t: &mut Tracer,
+        spec: ConvSpec,
+        act: Option<Activation>,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        let conv = Conv::new(
+            t,
+            ConvSpec {
+                bias: false,
+                ..spec
+            },
+            vb.pp("conv"),
+        )?;
+        let bn = batch_norm(t, spec.out, vb.pp("bn"))?;
+        Ok(Self { conv, bn, act })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.conv.forward(x)?.apply_t(&self.bn, train)?;
+        match self.act {
+            Some(a) => a.apply(&y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Batch norm over channels, recorded in the summary (2c parameters, 2c buffers).
+pub(crate) fn batch_norm(t: &mut Tracer, channels: usize, vb: VarBuilder<'_>) -> Result<BatchNorm> {
+    let bn = candle_nn::batch_norm(channels, candle_nn::BatchNormConfig::default(), vb.clone())?;
+    let shape = t.shape.clone();
+    t.push(vb.prefix(), "BatchNorm".into(), shape, 2 * channels, 0);
+    t.add_buffers(2 * channels);
+    Ok(bn)
+}
+
+/// Fully connected layer, recorded in the summary.
+pub(crate) fn linear(t: &mut Tracer, out: usize, vb: VarBuilder<'_>) -> Result<Linear> {
+    let input: usize = t.shape.iter().product();
+    let layer = candle_nn::linear(input, out, vb.clone())?;
+    t.push(
+        vb.prefix(),
+        "Linear".into(),
+        vec![out],
+        input * out + out,
+        (input * out) as u64,
+    );
+    Ok(layer)
+}
+
+pub(crate) fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    Ok(layer.forward(x)?)
+}
+
+/// Pooling on the `hdr-ops` kernels.
+pub(crate) fn pool(
+    x: &Tensor,
+    pool: Pool,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    Ok(match pool {
+        Pool::Max => hdr_ops::max_pool2d(x, kernel, stride, padding)?,
+        Pool::Avg => hdr_ops::avg_pool2d(x, kernel, stride, padding)?,
+    })
+}
+
+/// `[b, c, h, w] -> [b, c]`.
+pub(crate) fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(hdr_ops::global_avg_pool2d(x)?)
+}
+
+pub(crate) fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        crate::init::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// Checks that `x` is `[b, c, h, w]` with the expected `c, h, w`.
+pub(crate) fn check_input(
+    model: &'static str,
+    x: &Tensor,
+    c: usize,
+    h: usize,
+    w: usize,
+) -> Result<()> {
+    match x.dims() {
+        [_, xc, xh, xw] if (*xc, *xh, *xw) == (c, h, w) => Ok(()),
+        dims => Err(ModelError::BadInput {
+            model,
+            channels: c,
+            height: h,
+            width: w,
+            found: dims.to_vec(),
+        }),
+    }
+}

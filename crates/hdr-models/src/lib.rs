@@ -1,0 +1,98 @@
+//! The model zoo of the comparative study in "Advancing Handwritten Digit Recognition with AI",
+//! on [candle](https://github.com/huggingface/candle) and the fast CPU kernels of `hdr-ops`.
+//!
+//! - Architectures, each a config struct with named presets and a `new(cfg, vb)` constructor:
+//!   [`Mlp`], [`LeNet5`], [`ResNet`], [`DenseNet`], [`MobileNet`] (v1 as published) and
+//!   [`MobileNetHdr`] (the paper's improved MobileNet, every modification a switch).
+//! - One trait, [`Classifier`]: logits in eval mode, logits and optional auxiliary logits in
+//!   training mode. Inputs are `[batch, 1, 28, 28]` f32.
+//! - A registry by name ([`list`], [`create`], [`config`]) like timm's `create_model`.
+//! - [`Summary`]: per-layer output shapes, parameters and multiply-accumulates.
+//! - [`save`] and [`load`]: safetensors files that carry the model's name and configuration.
+//! - [`init`]: seeded initialisation and dropout, so that training runs are reproducible.
+//!
+//! Models never read datasets or touch the network.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{VarBuilder, VarMap};
+//!
+//! # fn main() -> hdr_models::Result<()> {
+//! let vars = VarMap::new();
+//! let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+//! let model = hdr_models::create("lenet5", vb)?;
+//! let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
+//! let logits = model.forward(&x)?; // [2, 10]
+//! assert_eq!(logits.dims(), &[2, 10]);
+//! assert_eq!(model.summary().params(), 61_706);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+pub mod init;
+mod io;
+mod layers;
+mod models;
+mod registry;
+mod summary;
+
+use candle_core::Tensor;
+
+pub use error::{ModelError, Result};
+pub use io::{load, load_bytes, save, LoadedModel, FORMAT};
+pub use layers::{Activation, Pool};
+pub use models::densenet::{DenseNet, DenseNetConfig};
+pub use models::lenet5::{LeNet5, LeNet5Config};
+pub use models::mlp::{Mlp, MlpConfig};
+pub use models::mobilenet::{MobileNet, MobileNetConfig, V1_BLOCKS};
+pub use models::mobilenet_hdr::{
+    AuxClassifierConfig, MobileNetHdr, MobileNetHdrConfig, Modification,
+};
+pub use models::resnet::{ResNet, ResNetConfig, Stage};
+pub use registry::{config, create, list, models, ModelConfig, ModelInfo};
+pub use summary::{LayerSummary, Summary};
+
+/// What a classifier returns.
+#[derive(Debug, Clone)]
+pub struct ClassifierOutput {
+    /// `[batch, classes]` unnormalised scores.
+    pub logits: Tensor,
+    /// `[batch, classes]` scores of the auxiliary classifier, in training mode when the model has one.
+    pub aux_logits: Option<Tensor>,
+}
+
+impl ClassifierOutput {
+    /// Output of a model without an auxiliary head.
+    pub fn main(logits: Tensor) -> Self {
+        Self {
+            logits,
+            aux_logits: None,
+        }
+    }
+}
+
+/// A digit classifier.
+pub trait Classifier: Send + Sync + std::fmt::Debug {
+    /// Runs the model in training (`train = true`: batch statistics, dropout, auxiliary head) or
+    /// evaluation mode.
+    ///
+    /// # Shapes
+    /// `[batch, 1, 28, 28] -> [batch, 10]`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput>;
+
+    /// Evaluation-mode logits.
+    ///
+    /// # Shapes
+    /// `[batch, 1, 28, 28] -> [batch, 10]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_t(x, false)?.logits)
+    }
+
+    /// The configuration that rebuilds this model.
+    fn config(&self) -> ModelConfig;
+
+    /// Layer-by-layer shapes, parameters and multiply-accumulates.
+    fn summary(&self) -> &Summary;
+}

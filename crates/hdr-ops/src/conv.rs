@@ -1,0 +1,700 @@
+//! 2-D convolution: public entry point, configuration, and the im2col + gemm kernel.
+
+use crate::depthwise::DepthwiseConv2d;
+use crate::error::{OpsError, Result};
+use crate::util::{
+    contiguous_cpu, cpu_f32, gemm_par_all, num_threads, sgemm, storage_f32, tensor_from,
+    valid_range, with_scratch, Mat,
+};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Activation fused into a layer's output (applied after the bias).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activation {
+    /// Identity.
+    #[default]
+    None,
+    /// `max(0, x)`; the backward pass masks the gradient with `y > 0`.
+    Relu,
+}
+
+/// Configuration of [`conv2d`]. Dilation is always 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Step between windows, both axes (>= 1).
+    pub stride: usize,
+    /// Zero padding added on every side.
+    pub padding: usize,
+    /// Channel groups: 1 for a dense conv, `in_channels` (== `out_channels`) for depthwise.
+    /// Other values are accepted and run through candle's own grouped convolution.
+    pub groups: usize,
+    /// Activation fused after the bias.
+    pub activation: Activation,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            activation: Activation::None,
+        }
+    }
+}
+
+/// Validated geometry of one convolution call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub b: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// Rows of the im2col matrix for a dense (groups = 1) conv.
+    pub(crate) fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+    /// Output pixels per channel.
+    pub(crate) fn n(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub(crate) fn in_img(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    pub(crate) fn out_img(&self) -> usize {
+        self.c_out * self.n()
+    }
+    /// A 1x1, stride-1, unpadded conv: the input image already *is* the im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    fn out_dims(&self) -> [usize; 4] {
+        [self.b, self.c_out, self.oh, self.ow]
+    }
+}
+
+fn dims4(t: &Tensor, op: &'static str, expected: &str) -> Result<[usize; 4]> {
+    match *t.dims() {
+        [a, b, c, d] => Ok([a, b, c, d]),
+        _ => Err(OpsError::ShapeMismatch {
+            op,
+            expected: expected.to_string(),
+            found: t.dims().to_vec(),
+        }),
+    }
+}
+
+fn validate(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<ConvGeom> {
+    const OP: &str = "conv2d";
+    let [bs, c_in, h, wd] = dims4(x, OP, "[b, c_in, h, w]")?;
+    let [c_out, c_per_group, kh, kw] = dims4(w, OP, "[c_out, c_in/groups, kh, kw]")?;
+    let invalid = |reason: String| OpsError::InvalidConfig { op: OP, reason };
+    if cfg.stride == 0 {
+        return Err(invalid("stride must be >= 1".into()));
+    }
+    if cfg.groups == 0 || c_in % cfg.groups != 0 || c_out % cfg.groups != 0 {
+        return Err(invalid(format!(
+            "groups = {} must divide in_channels = {c_in} and out_channels = {c_out}",
+            cfg.groups
+        )));
+    }
+    if c_per_group != c_in / cfg.groups || kh == 0 || kw == 0 {
+        return Err(OpsError::ShapeMismatch {
+            op: OP,
+            expected: format!("weight [c_out, {}, kh >= 1, kw >= 1]", c_in / cfg.groups),
+            found: w.dims().to_vec(),
+        });
+    }
+    if let Some(b) = b {
+        if b.dims() != [c_out] {
+            return Err(OpsError::ShapeMismatch {
+                op: OP,
+                expected: format!("bias [{c_out}]"),
+                found: b.dims().to_vec(),
+            });
+        }
+        if b.dtype() != x.dtype() {
+            return Err(OpsError::DTypeMismatch {
+                op: OP,
+                lhs: x.dtype(),
+                rhs: b.dtype(),
+            });
+        }
+    }
+    if w.dtype() != x.dtype() {
+        return Err(OpsError::DTypeMismatch {
+            op: OP,
+            lhs: x.dtype(),
+            rhs: w.dtype(),
+        });
+    }
+    let too_small = || {
+        invalid(format!(
+            "kernel {kh}x{kw} larger than padded input {}x{}",
+            h + 2 * cfg.padding,
+            wd + 2 * cfg.padding
+        ))
+    };
+    let oh = crate::util::out_size(h, kh, cfg.stride, cfg.padding).ok_or_else(too_small)?;
+    let ow = crate::util::out_size(wd, kw, cfg.stride, cfg.padding).ok_or_else(too_small)?;
+    Ok(ConvGeom {
+        b: bs,
+        c_in,
+        h,
+        w: wd,
+        c_out,
+        kh,
+        kw,
+        stride: cfg.stride,
+        pad: cfg.padding,
+        oh,
+        ow,
+    })
+}
+
+/// 2-D convolution with optional bias and fused activation.
+///
+/// Shapes: `x` is `[b, c_in, h, w]`, `w` is `[c_out, c_in / groups, kh, kw]`, `b` is `[c_out]`;
+/// the result is `[b, c_out, (h + 2p - kh) / s + 1, (w + 2p - kw) / s + 1]`.
+///
+/// On CPU with `f32` tensors this runs a custom op (im2col + gemm for `groups == 1`, a direct
+/// kernel for depthwise `groups == c_in == c_out`) whose backward pass skips the input gradient
+/// when `x` does not track gradients (e.g. the network input). Other devices, dtypes and group
+/// counts fall back to candle's own `conv2d`.
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
+    let g = validate(x, w, b, cfg)?;
+    let fast = x.device().is_cpu() && x.dtype() == DType::F32;
+    let depthwise = cfg.groups == g.c_in && g.c_out == g.c_in;
+    if !fast || (cfg.groups != 1 && !depthwise) {
+        return fallback(x, w, b, cfg);
+    }
+    let bias = match b {
+        Some(b) => b.contiguous()?,
+        // A constant zero bias keeps one op signature; it does not track gradients, so its
+        // gradient is never computed.
+        None => Tensor::zeros(g.c_out, DType::F32, x.device())?,
+    };
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    let y = if cfg.groups == 1 {
+        x.apply_op3(
+            &w,
+            &bias,
+            Conv2dGemm {
+                g,
+                act: cfg.activation,
+            },
+        )?
+    } else {
+        x.apply_op3(
+            &w,
+            &bias,
+            DepthwiseConv2d {
+                g,
+                act: cfg.activation,
+            },
+        )?
+    };
+    Ok(y)
+}
+
+/// candle's own ops, for devices/dtypes/group counts the custom kernels do not cover.
+fn fallback(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
+    let mut y = x.conv2d(w, cfg.padding, cfg.stride, 1, cfg.groups)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
+    }
+    Ok(match cfg.activation {
+        Activation::None => y,
+        Activation::Relu => y.relu()?,
+    })
+}
+
+/// Adds the bias and applies the activation to one output image `[c_out, n]`.
+pub(crate) fn epilogue(y_img: &mut [f32], bias: &[f32], n: usize, act: Activation) {
+    for (row, &bv) in y_img.chunks_exact_mut(n).zip(bias) {
+        match act {
+            Activation::None => row.iter_mut().for_each(|v| *v += bv),
+            Activation::Relu => row.iter_mut().for_each(|v| *v = (*v + bv).max(0.0)),
+        }
+    }
+}
+
+/// Unfolds one image `[c_in, h, w]` into `col` `[c_in*kh*kw, oh*ow]` (zeros for padding).
+pub(crate) fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    let (n, hw, s, p) = (g.n(), g.h * g.w, g.stride, g.pad);
+    let mut rows = col.chunks_exact_mut(n);
+    for c in 0..g.c_in {
+        let plane = &x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            let (oh_lo, oh_hi) = valid_range(g.oh, g.h, ki, s, p);
+            for kj in 0..g.kw {
+                let Some(row) = rows.next() else { return };
+                let (ow_lo, ow_hi) = valid_range(g.ow, g.w, kj, s, p);
+                row[..oh_lo * g.ow].fill(0.0);
+                row[oh_hi * g.ow..].fill(0.0);
+                for oh in oh_lo..oh_hi {
+                    let src = &plane[(oh * s + ki - p) * g.w..][..g.w];
+                    let dst = &mut row[oh * g.ow..(oh + 1) * g.ow];
+                    dst[..ow_lo].fill(0.0);
+                    dst[ow_hi..].fill(0.0);
+                    if ow_lo < ow_hi {
+                        let off = ow_lo * s + kj - p;
+                        if s == 1 {
+                            dst[ow_lo..ow_hi].copy_from_slice(&src[off..off + ow_hi - ow_lo]);
+                        } else {
+                            for (d, v) in dst[ow_lo..ow_hi]
+                                .iter_mut()
+                                .zip(src[off..].iter().step_by(s))
+                            {
+                                *d = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `col` `[c_in*kh*kw, oh*ow]` back into an image `[c_in, h, w]`, summing overlaps.
+/// Overwrites `x`.
+pub(crate) fn col2im(col: &[f32], g: &ConvGeom, x: &mut [f32]) {
+    let (n, hw, s, p) = (g.n(), g.h * g.w, g.stride, g.pad);
+    x.fill(0.0);
+    let mut rows = col.chunks_exact(n);
+    for c in 0..g.c_in {
+        let plane = &mut x[c * hw..(c + 1) * hw];
+        for ki in 0..g.kh {
+            let (oh_lo, oh_hi) = valid_range(g.oh, g.h, ki, s, p);
+            for kj in 0..g.kw {
+                let Some(row) = rows.next() else { return };
+                let (ow_lo, ow_hi) = valid_range(g.ow, g.w, kj, s, p);
+                if ow_lo >= ow_hi {
+                    continue;
+                }
+                for oh in oh_lo..oh_hi {
+                    let dst = &mut plane[(oh * s + ki - p) * g.w..][..g.w];
+                    let src = &row[oh * g.ow + ow_lo..oh * g.ow + ow_hi];
+                    let off = ow_lo * s + kj - p;
+                    if s == 1 {
+                        for (d, v) in dst[off..].iter_mut().zip(src) {
+                            *d += *v;
+                        }
+                    } else {
+                        for (d, v) in dst[off..].iter_mut().step_by(s).zip(src) {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Dense (groups = 1) convolution as a candle custom op over `(x, w, bias)`.
+pub(crate) struct Conv2dGemm {
+    pub(crate) g: ConvGeom,
+    pub(crate) act: Activation,
+}
+
+impl Conv2dGemm {
+    /// `y_img = W · im2col(x_img)` followed by bias and activation.
+    fn fwd_image(
+        &self,
+        x_img: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        y_img: &mut [f32],
+        par: gemm::Parallelism,
+    ) -> candle_core::Result<()> {
+        let g = &self.g;
+        let (k, n) = (g.k(), g.n());
+        if g.pointwise() {
+            sgemm(
+                (g.c_out, n, k),
+                Mat::rows(w, k),
+                Mat::rows(x_img, n),
+                y_img,
+                false,
+                par,
+            )?;
+        } else {
+            with_scratch(k * n, 0, |col, _| {
+                im2col(x_img, g, col);
+                sgemm(
+                    (g.c_out, n, k),
+                    Mat::rows(w, k),
+                    Mat::rows(col, n),
+                    y_img,
+                    false,
+                    par,
+                )
+            })?;
+        }
+        epilogue(y_img, bias, n, self.act);
+        Ok(())
+    }
+
+    /// Backward pass over the images `imgs`, accumulating into this worker's `dw`/`db` partials
+    /// and writing `dx` (the input gradient of exactly these images) when requested.
+    ///
+    /// Everything for one image happens while its data is hot in cache: the activation mask is
+    /// applied into scratch, the bias gradient is reduced from it, then it feeds both gemms.
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_images(
+        &self,
+        imgs: std::ops::Range<usize>,
+        data: BwdData<'_>,
+        mut dw: Option<&mut [f32]>,
+        mut db: Option<&mut [f32]>,
+        mut dx: Option<&mut [f32]>,
+        par: gemm::Parallelism,
+    ) -> candle_core::Result<()> {
+        let g = &self.g;
+        let (k, n, o) = (g.k(), g.n(), g.c_out);
+        let relu = self.act == Activation::Relu;
+        let mask_len = if relu { g.out_img() } else { 0 };
+        let col_len = if g.pointwise() { 0 } else { k * n };
+        let first = imgs.start;
+        with_scratch(mask_len, col_len, |mask_buf, col| {
+            for bi in imgs {
+                let g_raw = &data.grad[bi * g.out_img()..][..g.out_img()];
+                let gm: &[f32] = if relu {
+                    let y = &data.y[bi * g.out_img()..][..g.out_img()];
+                    for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
+                        *m = if yv > 0.0 { gv } else { 0.0 };
+                    }
+                    mask_buf
+                } else {
+                    g_raw
+                };
+                if let Some(db) = db.as_deref_mut() {
+                    for (d, row) in db.iter_mut().zip(gm.chunks_exact(n)) {
+                        *d += crate::util::sum(row);
+                    }
+                }
+                let x_img = &data.x[bi * g.in_img()..][..g.in_img()];
+                if let Some(dw) = dw.as_deref_mut() {
+                    // dw += g_img · im2col(x_img)^T
+                    let cols = if g.pointwise() {
+                        x_img
+                    } else {
+                        im2col(x_img, g, col);
+                        &*col
+                    };
+                    sgemm(
+                        (o, k, n),
+                        Mat::rows(gm, n),
+                        Mat::rows_t(cols, n),
+                        dw,
+                        true,
+                        par,
+                    )?;
+                }
+                if let Some(dx) = dx.as_deref_mut() {
+                    // dx_img = col2im(W^T · g_img)
+                    let dx_img = &mut dx[(bi - first) * g.in_img()..][..g.in_img()];
+                    let wt = Mat::rows_t(data.w, k);
+                    if g.pointwise() {
+                        sgemm((k, n, o), wt, Mat::rows(gm, n), dx_img, false, par)?;
+                    } else {
+                        sgemm((k, n, o), wt, Mat::rows(gm, n), col, false, par)?;
+                        col2im(col, g, dx_img);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Read-only inputs of a conv backward pass.
+#[derive(Clone, Copy)]
+struct BwdData<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    y: &'a [f32],
+    grad: &'a [f32],
+}
+
+/// Splits `0..b` into at most `parts` contiguous ranges of near-equal size.
+pub(crate) fn batch_ranges(b: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, b.max(1));
+    (0..parts)
+        .map(|i| (i * b / parts)..((i + 1) * b / parts))
+        .collect()
+}
+
+impl CustomOp3 for Conv2dGemm {
+    fn name(&self) -> &'static str {
+        "hdr-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let (x, w, bias) = (
+            cpu_f32(s1, l1, self.name())?,
+            cpu_f32(s2, l2, self.name())?,
+            cpu_f32(s3, l3, self.name())?,
+        );
+        if x.len() != g.b * g.in_img() || w.len() != g.c_out * g.k() || bias.len() != g.c_out {
+            bail!(
+                "{}: inputs do not match the validated geometry",
+                self.name()
+            )
+        }
+        let mut y = vec![0f32; g.b * g.out_img()];
+        let threads = num_threads();
+        if g.b >= threads && threads > 1 {
+            // Whole images per task with single-threaded gemm: no synchronisation inside an
+            // image, and each worker keeps its im2col buffer hot.
+            y.par_chunks_mut(g.out_img())
+                .zip(x.par_chunks(g.in_img()))
+                .try_for_each(|(y_img, x_img)| {
+                    self.fwd_image(x_img, w, bias, y_img, gemm::Parallelism::None)
+                })?;
+        } else {
+            // Small batches (inference): let gemm split each image across threads.
+            for (y_img, x_img) in y.chunks_mut(g.out_img()).zip(x.chunks(g.in_img())) {
+                self.fwd_image(x_img, w, bias, y_img, gemm_par_all())?;
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from_dims(&g.out_dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.g;
+        let name = self.name();
+        let (xt, wt, rt, gt) = (
+            contiguous_cpu(x)?,
+            contiguous_cpu(w)?,
+            contiguous_cpu(res)?,
+            contiguous_cpu(grad)?,
+        );
+        let (xs, xl) = xt.storage_and_layout();
+        let (ws, wl) = wt.storage_and_layout();
+        let (rs, rl) = rt.storage_and_layout();
+        let (gs, gl) = gt.storage_and_layout();
+        let xd = storage_f32(&xs, xl, name)?;
+        let wd = storage_f32(&ws, wl, name)?;
+        let yd = storage_f32(&rs, rl, name)?;
+        let gd = storage_f32(&gs, gl, name)?;
+        if gd.len() != g.b * g.out_img() || yd.len() != gd.len() {
+            bail!("{name}: gradient does not match the output shape")
+        }
+        if xd.len() != g.b * g.in_img() || wd.len() != g.c_out * g.k() {
+            bail!("{name}: inputs do not match the validated geometry")
+        }
+        let data = BwdData {
+            x: xd,
+            w: wd,
+            y: yd,
+            grad: gd,
+        };
+        let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), bias.track_op());
+        let threads = num_threads();
+        let (ranges, par) = if g.b >= threads && threads > 1 {
+            // Whole images per worker with single-threaded gemm and private dW/db partials.
+            (batch_ranges(g.b, threads), gemm::Parallelism::None)
+        } else {
+            (batch_ranges(g.b, 1), gemm_par_all())
+        };
+        // The input gradient is the most expensive part; skip it when nothing upstream needs it
+        // (e.g. the first layer, whose input is data rather than a variable).
+        let mut dx = vec![0f32; if need_x { g.b * g.in_img() } else { 0 }];
+        let mut dx_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(ranges.len());
+        let mut rest: &mut [f32] = &mut dx;
+        for r in &ranges {
+            if need_x {
+                let (head, tail) = rest.split_at_mut(r.len() * g.in_img());
+                dx_parts.push(Some(head));
+                rest = tail;
+            } else {
+                dx_parts.push(None);
+            }
+        }
+        let (wlen, blen) = (g.c_out * g.k(), g.c_out);
+        let partials = ranges
+            .into_par_iter()
+            .zip(dx_parts)
+            .map(|(r, dxp)| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+                let mut dw = vec![0f32; if need_w { wlen } else { 0 }];
+                let mut db = vec![0f32; if need_b { blen } else { 0 }];
+                self.bwd_images(
+                    r,
+                    data,
+                    need_w.then_some(&mut dw[..]),
+                    need_b.then_some(&mut db[..]),
+                    dxp,
+                    par,
+                )?;
+                Ok((dw, db))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut partials = partials.into_iter();
+        let (mut dw_acc, mut db_acc) = partials.next().unwrap_or_default();
+        for (dw, db) in partials {
+            dw_acc.iter_mut().zip(&dw).for_each(|(a, v)| *a += v);
+            db_acc.iter_mut().zip(&db).for_each(|(a, v)| *a += v);
+        }
+        let dw = if need_w {
+            Some(tensor_from(dw_acc, &[g.c_out, g.c_in, g.kh, g.kw])?)
+        } else {
+            None
+        };
+        let db = if need_b {
+            Some(tensor_from(db_acc, &[g.c_out])?)
+        } else {
+            None
+        };
+        let dx = if need_x {
+            Some(tensor_from(dx, &[g.b, g.c_in, g.h, g.w])?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(c_in: usize, h: usize, w: usize, k: usize, s: usize, p: usize) -> ConvGeom {
+        let oh = crate::util::out_size(h, k, s, p).unwrap_or(0);
+        let ow = crate::util::out_size(w, k, s, p).unwrap_or(0);
+        ConvGeom {
+            b: 1,
+            c_in,
+            h,
+            w,
+            c_out: 1,
+            kh: k,
+            kw: k,
+            stride: s,
+            pad: p,
+            oh,
+            ow,
+        }
+    }
+
+    #[test]
+    fn im2col_matches_naive() {
+        for &(c, h, w, k, s, p) in &[(2, 5, 4, 3, 1, 1), (1, 7, 6, 3, 2, 2), (3, 4, 4, 2, 2, 0)] {
+            let g = geom(c, h, w, k, s, p);
+            let x: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
+            let mut col = vec![f32::NAN; g.k() * g.n()];
+            im2col(&x, &g, &mut col);
+            for ci in 0..c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        for oh in 0..g.oh {
+                            for ow in 0..g.ow {
+                                let ih = (oh * s + ki) as isize - p as isize;
+                                let iw = (ow * s + kj) as isize - p as isize;
+                                let want =
+                                    if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w
+                                    {
+                                        x[ci * h * w + ih as usize * w + iw as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                let row = (ci * k + ki) * k + kj;
+                                assert_eq!(col[row * g.n() + oh * g.ow + ow], want);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for all x, c.
+        let g = geom(2, 7, 5, 3, 2, 1);
+        let x: Vec<f32> = (0..g.in_img())
+            .map(|i| ((i * 7) % 11) as f32 - 5.0)
+            .collect();
+        let c: Vec<f32> = (0..g.k() * g.n())
+            .map(|i| ((i * 5) % 13) as f32 - 6.0)
+            .collect();
+        let mut col = vec![0f32; c.len()];
+        im2col(&x, &g, &mut col);
+        let mut back = vec![f32::NAN; x.len()];
+        col2im(&c, &g, &mut back);
+        let lhs: f32 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
+        let rhs: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+        assert!((lhs - rhs).abs() < 1e-3, "{lhs} vs {rhs}");
+    }
+
+    #[test]
+    fn batch_ranges_cover_everything() {
+        for b in 0..10 {
+            for parts in 1..5 {
+                let r = batch_ranges(b, parts);
+                let total: usize = r.iter().map(|r| r.len()).sum();
+                assert_eq!(total, b);
+                assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::zeros((1, 3, 5, 5), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 2, 3, 3), DType::F32, &dev).unwrap();
+        assert!(matches!(
+            conv2d(&x, &w, None, &Conv2dConfig::default()),
+            Err(OpsError::ShapeMismatch { .. })
+        ));
+        let w = Tensor::zeros((4, 3, 7, 7), DType::F32, &dev).unwrap();
+        assert!(matches!(
+            conv2d(&x, &w, None, &Conv2dConfig::default()),
+            Err(OpsError::InvalidConfig { .. })
+        ));
+        let cfg = Conv2dConfig {
+            stride: 0,
+            ..Default::default()
+        };
+        let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).unwrap();
+        assert!(matches!(
+            conv2d(&x, &w, None, &cfg),
+            Err(OpsError::InvalidConfig { .. })
+        ));
+        let bias = Tensor::zeros(5, DType::F32, &dev).unwrap();
+        assert!(matches!(
+            conv2d(&x, &w, Some(&bias), &Conv2dConfig::default()),
+            Err(OpsError::ShapeMismatch { .. })
+        ));
+    }
+}

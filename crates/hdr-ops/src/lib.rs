@@ -1,0 +1,49 @@
+//! Fast CPU kernels for [candle](https://github.com/huggingface/candle), packaged as candle
+//! custom ops so models keep candle's tensors, autograd, `VarMap` and optimisers.
+//!
+//! Stock candle 0.11 is slow on CPU for the layers of small convnets: grouped/depthwise convs
+//! run one conv per group, conv backward goes through a direct `conv_transpose2d` and always
+//! computes the input gradient, and max-pool backward is slow (and unsupported for
+//! overlapping windows). This crate provides:
+//!
+//! - [`conv2d`]: im2col + `gemm` (no im2col at all for 1x1 convs), bias and fused ReLU, and a
+//!   direct depthwise kernel when `groups == in_channels == out_channels`; the input gradient is
+//!   skipped when the input does not track gradients;
+//! - [`max_pool2d`], [`avg_pool2d`] for any kernel/stride/padding, and [`global_avg_pool2d`];
+//! - [`batch_norm2d`]: training-mode batch norm (+ optional ReLU) as one fused op.
+//!
+//! The fast paths cover `f32` tensors on the CPU; other devices and dtypes fall back to candle's
+//! own ops with the same semantics, so a model written against this crate still runs on CUDA or
+//! Metal.
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use hdr_ops::{conv2d, max_pool2d, Activation, Conv2dConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dev = Device::Cpu;
+//! let x = Tensor::randn(0f32, 1., (2, 1, 28, 28), &dev)?; // a batch of images: no gradient
+//! let w = Var::randn(0f32, 0.1, (6, 1, 5, 5), &dev)?;
+//! let b = Var::zeros(6, candle_core::DType::F32, &dev)?;
+//! let cfg = Conv2dConfig { padding: 2, activation: Activation::Relu, ..Default::default() };
+//! let y = conv2d(&x, &w, Some(&b), &cfg)?; // [2, 6, 28, 28]
+//! let y = max_pool2d(&y, 2, 2, 0)?; // [2, 6, 14, 14]
+//! assert_eq!(y.dims(), &[2, 6, 14, 14]);
+//! let grads = y.sum_all()?.backward()?;
+//! assert_eq!(grads.get(&w).map(|g| g.dims().to_vec()), Some(vec![6, 1, 5, 5]));
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod batch_norm;
+mod conv;
+mod depthwise;
+mod error;
+mod pool;
+mod util;
+
+pub use batch_norm::{batch_norm2d, BatchNormOutput};
+pub use conv::{conv2d, Activation, Conv2dConfig};
+pub use error::{OpsError, Result};
+pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};

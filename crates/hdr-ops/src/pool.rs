@@ -1,0 +1,410 @@
+//! Max, average and global average pooling with backward passes, parallel over
+//! `(batch, channel)` planes.
+
+use crate::error::{OpsError, Result};
+use crate::util::{contiguous_cpu, cpu_f32, out_size, storage_f32, tensor_from};
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Validated geometry of one pooling call (square windows).
+#[derive(Debug, Clone, Copy)]
+struct PoolGeom {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl PoolGeom {
+    fn new(
+        x: &Tensor,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        op: &'static str,
+    ) -> Result<Self> {
+        let [b, c, h, w] = match *x.dims() {
+            [b, c, h, w] => [b, c, h, w],
+            _ => {
+                return Err(OpsError::ShapeMismatch {
+                    op,
+                    expected: "[b, c, h, w]".into(),
+                    found: x.dims().to_vec(),
+                })
+            }
+        };
+        let invalid = |reason: String| OpsError::InvalidConfig { op, reason };
+        if kernel == 0 || stride == 0 {
+            return Err(invalid(format!(
+                "kernel ({kernel}) and stride ({stride}) must be >= 1"
+            )));
+        }
+        // PyTorch's rule: every window then contains at least one real input element.
+        if padding > kernel / 2 {
+            return Err(invalid(format!(
+                "padding ({padding}) must be at most half the kernel ({kernel})"
+            )));
+        }
+        let too_small = || {
+            invalid(format!(
+                "kernel {kernel} larger than padded input {h}x{w} (+{padding})"
+            ))
+        };
+        let oh = out_size(h, kernel, stride, padding).ok_or_else(too_small)?;
+        let ow = out_size(w, kernel, stride, padding).ok_or_else(too_small)?;
+        Ok(Self {
+            b,
+            c,
+            h,
+            w,
+            k: kernel,
+            s: stride,
+            p: padding,
+            oh,
+            ow,
+        })
+    }
+
+    /// Input rows (or columns) covered by output row `o`, clipped to the input.
+    #[inline]
+    fn window(&self, o: usize, len: usize) -> (usize, usize) {
+        let start = (o * self.s) as isize - self.p as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + self.k as isize).max(0) as usize).min(len);
+        (lo, hi)
+    }
+
+    fn planes(&self) -> usize {
+        self.b * self.c
+    }
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Applies `op` on the contiguous input.
+fn apply<C: CustomOp1 + Send + Sync + 'static>(x: &Tensor, op: C) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+/// Index (within the plane) of the first maximum of the window of output `(oh, ow)`.
+#[inline]
+fn argmax(g: &PoolGeom, x: &[f32], oh: usize, ow: usize) -> usize {
+    let (h0, h1) = g.window(oh, g.h);
+    let (w0, w1) = g.window(ow, g.w);
+    let mut best_i = h0 * g.w + w0;
+    let mut best = x[best_i];
+    for ih in h0..h1 {
+        let row = &x[ih * g.w..(ih + 1) * g.w];
+        for (iw, &v) in row.iter().enumerate().take(w1).skip(w0) {
+            if v > best {
+                best = v;
+                best_i = ih * g.w + iw;
+            }
+        }
+    }
+    best_i
+}
+
+/// Max pooling with square `kernel`, `stride` and `padding` (padding never wins the max).
+///
+/// `x` is `[b, c, h, w]`; the result is `[b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1]`
+/// (floor mode). Requires `padding <= kernel / 2`. The gradient goes to the first maximum of
+/// each window (PyTorch's convention); overlapping windows (`kernel > stride`) are supported.
+/// Non-CPU / non-`f32` tensors use candle's `max_pool2d_with_stride`, whose backward only
+/// supports `kernel == stride`.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let g = PoolGeom::new(x, kernel, stride, padding, "max_pool2d")?;
+    if fast_path(x) {
+        return apply(x, MaxPool2d(g));
+    }
+    let x = if padding > 0 {
+        pad_value(x, padding, f32::NEG_INFINITY)?
+    } else {
+        x.clone()
+    };
+    Ok(x.max_pool2d_with_stride(kernel, stride)?)
+}
+
+/// Average pooling with square `kernel`, `stride` and zero `padding`.
+///
+/// Padded zeros count towards the average (PyTorch's default `count_include_pad = true`): every
+/// output is the window sum divided by `kernel²`. Requires `padding <= kernel / 2`.
+pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let g = PoolGeom::new(x, kernel, stride, padding, "avg_pool2d")?;
+    if fast_path(x) {
+        return apply(x, AvgPool2d(g));
+    }
+    let x = if padding > 0 {
+        x.pad_with_zeros(2, padding, padding)?
+            .pad_with_zeros(3, padding, padding)?
+    } else {
+        x.clone()
+    };
+    Ok(x.avg_pool2d_with_stride(kernel, stride)?)
+}
+
+/// Global average pooling: `[b, c, h, w] -> [b, c]`.
+pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
+    let g = PoolGeom::new(x, 1, 1, 0, "global_avg_pool2d")?;
+    if fast_path(x) {
+        return apply(x, GlobalAvgPool2d(g));
+    }
+    Ok(x.mean((2, 3))?)
+}
+
+/// Pads the two spatial dims of `[b, c, h, w]` with a constant (candle only pads with zeros).
+fn pad_value(x: &Tensor, p: usize, v: f32) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let dev = x.device();
+    let side = Tensor::full(v, (b, c, h, p), dev)?.to_dtype(x.dtype())?;
+    let x = Tensor::cat(&[&side, x, &side], 3)?;
+    let top = Tensor::full(v, (b, c, p, w + 2 * p), dev)?.to_dtype(x.dtype())?;
+    Ok(Tensor::cat(&[&top, &x, &top], 2)?)
+}
+
+/// Reads the input, gradient and checks lengths; shared by the pooling `bwd`s.
+macro_rules! bwd_inputs {
+    ($self:ident, $g:ident, $arg:ident, $grad:ident, $xd:ident, $gd:ident, $out_len:expr) => {
+        let xt = contiguous_cpu($arg)?;
+        let gt = contiguous_cpu($grad)?;
+        let (xs, xl) = xt.storage_and_layout();
+        let (gs, gl) = gt.storage_and_layout();
+        let $xd = storage_f32(&xs, xl, $self.name())?;
+        let $gd = storage_f32(&gs, gl, $self.name())?;
+        if $xd.len() != $g.planes() * $g.h * $g.w || $gd.len() != $out_len {
+            bail!("{}: gradient does not match the output shape", $self.name())
+        }
+    };
+}
+
+fn check_input<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    g: &PoolGeom,
+    name: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let x = cpu_f32(s, l, name)?;
+    if x.len() != g.planes() * g.h * g.w {
+        bail!("{name}: input does not match the validated geometry")
+    }
+    Ok(x)
+}
+
+struct MaxPool2d(PoolGeom);
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "hdr-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let x = check_input(s, l, g, self.name())?;
+        let (hw, n) = (g.h * g.w, g.oh * g.ow);
+        let mut y = vec![0f32; g.planes() * n];
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(hw))
+            .for_each(|(y, x)| {
+                for oh in 0..g.oh {
+                    let (h0, h1) = g.window(oh, g.h);
+                    for ow in 0..g.ow {
+                        let (w0, w1) = g.window(ow, g.w);
+                        let mut m = f32::NEG_INFINITY;
+                        for ih in h0..h1 {
+                            for &v in &x[ih * g.w + w0..ih * g.w + w1] {
+                                m = m.max(v);
+                            }
+                        }
+                        y[oh * g.ow + ow] = m;
+                    }
+                }
+            });
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from_dims(&[g.b, g.c, g.oh, g.ow]),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = &self.0;
+        let (hw, n) = (g.h * g.w, g.oh * g.ow);
+        bwd_inputs!(self, g, arg, grad, xd, gd, g.planes() * n);
+        let mut dx = vec![0f32; g.planes() * hw];
+        dx.par_chunks_mut(hw)
+            .zip(xd.par_chunks(hw).zip(gd.par_chunks(n)))
+            .for_each(|(dx, (x, gy))| {
+                for oh in 0..g.oh {
+                    for ow in 0..g.ow {
+                        dx[argmax(g, x, oh, ow)] += gy[oh * g.ow + ow];
+                    }
+                }
+            });
+        Ok(Some(tensor_from(dx, &[g.b, g.c, g.h, g.w])?))
+    }
+}
+
+struct AvgPool2d(PoolGeom);
+
+impl CustomOp1 for AvgPool2d {
+    fn name(&self) -> &'static str {
+        "hdr-avg-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let x = check_input(s, l, g, self.name())?;
+        let (hw, n) = (g.h * g.w, g.oh * g.ow);
+        let scale = 1.0 / (g.k * g.k) as f32;
+        let mut y = vec![0f32; g.planes() * n];
+        y.par_chunks_mut(n)
+            .zip(x.par_chunks(hw))
+            .for_each(|(y, x)| {
+                for oh in 0..g.oh {
+                    let (h0, h1) = g.window(oh, g.h);
+                    for ow in 0..g.ow {
+                        let (w0, w1) = g.window(ow, g.w);
+                        let sum: f32 = (h0..h1)
+                            .map(|ih| crate::util::sum(&x[ih * g.w + w0..ih * g.w + w1]))
+                            .sum();
+                        y[oh * g.ow + ow] = sum * scale;
+                    }
+                }
+            });
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from_dims(&[g.b, g.c, g.oh, g.ow]),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = &self.0;
+        let (hw, n) = (g.h * g.w, g.oh * g.ow);
+        bwd_inputs!(self, g, arg, grad, _xd, gd, g.planes() * n);
+        let scale = 1.0 / (g.k * g.k) as f32;
+        let mut dx = vec![0f32; g.planes() * hw];
+        dx.par_chunks_mut(hw)
+            .zip(gd.par_chunks(n))
+            .for_each(|(dx, gy)| {
+                for oh in 0..g.oh {
+                    let (h0, h1) = g.window(oh, g.h);
+                    for ow in 0..g.ow {
+                        let (w0, w1) = g.window(ow, g.w);
+                        let v = gy[oh * g.ow + ow] * scale;
+                        for ih in h0..h1 {
+                            dx[ih * g.w + w0..ih * g.w + w1]
+                                .iter_mut()
+                                .for_each(|d| *d += v);
+                        }
+                    }
+                }
+            });
+        Ok(Some(tensor_from(dx, &[g.b, g.c, g.h, g.w])?))
+    }
+}
+
+struct GlobalAvgPool2d(PoolGeom);
+
+impl CustomOp1 for GlobalAvgPool2d {
+    fn name(&self) -> &'static str {
+        "hdr-global-avg-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let x = check_input(s, l, g, self.name())?;
+        let hw = g.h * g.w;
+        let scale = 1.0 / hw as f32;
+        let y: Vec<f32> = x
+            .par_chunks(hw)
+            .map(|p| crate::util::sum(p) * scale)
+            .collect();
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[g.b, g.c])))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = &self.0;
+        let hw = g.h * g.w;
+        bwd_inputs!(self, g, arg, grad, _xd, gd, g.planes());
+        let scale = 1.0 / hw as f32;
+        let mut dx = vec![0f32; g.planes() * hw];
+        dx.par_chunks_mut(hw)
+            .zip(gd.par_iter())
+            .for_each(|(dx, &v)| dx.fill(v * scale));
+        Ok(Some(tensor_from(dx, &[g.b, g.c, g.h, g.w])?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn window_clips_padding() {
+        let x = Tensor::zeros((1, 1, 5, 5), DType::F32, &Device::Cpu).unwrap();
+        let g = PoolGeom::new(&x, 3, 2, 1, "t").unwrap();
+        assert_eq!((g.oh, g.ow), (3, 3));
+        assert_eq!(g.window(0, 5), (0, 2));
+        assert_eq!(g.window(1, 5), (1, 4));
+        assert_eq!(g.window(2, 5), (3, 5));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let x = Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(
+            max_pool2d(&x, 0, 1, 0),
+            Err(OpsError::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            max_pool2d(&x, 2, 2, 2),
+            Err(OpsError::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            avg_pool2d(&x, 5, 1, 0),
+            Err(OpsError::InvalidConfig { .. })
+        ));
+        let x3 = Tensor::zeros((1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(
+            global_avg_pool2d(&x3),
+            Err(OpsError::ShapeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_first_max() -> anyhow::Result<()> {
+        // Two equal maxima in one window: only the first receives the gradient.
+        let x = candle_core::Var::from_vec(vec![1f32, 3., 3., 0.], (1, 1, 2, 2), &Device::Cpu)?;
+        let y = max_pool2d(&x, 2, 2, 0)?;
+        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![3.0]);
+        let grads = y.sum_all()?.backward()?;
+        let dx = grads
+            .get(&x)
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        assert_eq!(dx, Some(vec![0.0, 1.0, 0.0, 0.0]));
+        Ok(())
+    }
+}

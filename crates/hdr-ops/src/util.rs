@@ -1,0 +1,325 @@
+//! Shared plumbing: thread count, scratch buffers, a safe wrapper around `gemm`, and access to
+//! the `f32` data behind candle storages.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Storage, Tensor};
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Number of worker threads, computed once.
+///
+/// candle's `MatMul` recomputes this on every call (reading `/proc/cpuinfo` unless
+/// `RAYON_NUM_THREADS` is set); caching it removes that cost from every layer. We use rayon's
+/// pool size because that is the pool our kernels actually run on (it honours
+/// `RAYON_NUM_THREADS` and otherwise defaults to `available_parallelism`).
+pub(crate) fn num_threads() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| rayon::current_num_threads().max(1))
+}
+
+/// `gemm` parallelism for a call that has the whole machine to itself.
+pub(crate) fn gemm_par_all() -> gemm::Parallelism {
+    match num_threads() {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+thread_local! {
+    // One growable buffer per thread: im2col/col2im scratch is reused across calls instead of
+    // allocating (and page-faulting) fresh zeroed memory for every image of every layer.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with two disjoint scratch slices of `len_a` and `len_b` floats. Their contents are
+/// unspecified: callers must overwrite before reading.
+pub(crate) fn with_scratch<R>(
+    len_a: usize,
+    len_b: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
+    let total = len_a + len_b;
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < total {
+                buf.resize(total, 0.0);
+            }
+            let (a, rest) = buf.split_at_mut(len_a);
+            f(a, &mut rest[..len_b])
+        }
+        // Re-entered on this thread (a rayon worker stole another of our tasks while waiting):
+        // fall back to a private allocation rather than panicking on the RefCell.
+        Err(_) => {
+            let mut buf = vec![0f32; total];
+            let (a, b) = buf.split_at_mut(len_a);
+            f(a, b)
+        }
+    })
+}
+
+/// A strided read-only matrix view (row stride `rs`, column stride `cs`, in elements).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major matrix with `cols` columns.
+    pub(crate) fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// Transposed view of a row-major matrix with `cols` columns.
+    pub(crate) fn rows_t(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+    fn fits(&self, nrows: usize, ncols: usize) -> bool {
+        nrows == 0 || ncols == 0 || (nrows - 1) * self.rs + (ncols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `c[m×n] (row-major, row stride n) = (accumulate ? c : 0) + a[m×k] · b[k×n]`.
+///
+/// Bounds are checked up front so the `unsafe` call below can never touch memory outside the
+/// slices.
+pub(crate) fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<'_>,
+    b: Mat<'_>,
+    c: &mut [f32],
+    accumulate: bool,
+    par: gemm::Parallelism,
+) -> candle_core::Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if c.len() < m * n || !a.fits(m, k) || !b.fits(k, n) {
+        bail!("hdr-ops internal error: gemm operand out of bounds (m={m} n={n} k={k})")
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: the checks above guarantee every index the kernel touches,
+    // (i*rs + j*cs) for i < rows, j < cols, lies inside the corresponding slice; `c` is borrowed
+    // mutably so it cannot alias `a` or `b`. With `read_dst == false` gemm never reads `c`, so
+    // stale scratch contents are harmless.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+/// The contiguous `f32` slice behind a CPU storage, or an error for other dtypes / strides.
+pub(crate) fn cpu_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{op}: expected f32 storage, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) if end <= v.len() => Ok(&v[start..end]),
+        _ => bail!("{op}: expected a contiguous input"),
+    }
+}
+
+/// Same as [`cpu_f32`] for a `Storage` obtained from `Tensor::storage_and_layout`.
+pub(crate) fn storage_f32<'a>(
+    s: &'a Storage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => cpu_f32(c, l, op),
+        _ => bail!("{op}: expected a cpu tensor"),
+    }
+}
+
+/// Copies a tensor's data into a fresh contiguous `Vec<f32>` view holder.
+///
+/// Used in `bwd`, where candle hands us tensors that may be broadcast (e.g. the gradient of a
+/// `sum` has zero strides): `contiguous()` is a no-op for tensors that already are.
+pub(crate) fn contiguous_cpu(t: &Tensor) -> candle_core::Result<Tensor> {
+    if !t.device().is_cpu() {
+        bail!("expected a cpu tensor")
+    }
+    t.contiguous()
+}
+
+/// Wraps an output buffer as a tensor that does not track gradients.
+pub(crate) fn tensor_from(data: Vec<f32>, dims: &[usize]) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
+}
+
+/// Sum of a slice with 16 independent accumulators.
+///
+/// `iter().sum()` must add in order (no reassociation for floats), which makes it a serial
+/// chain of dependent adds; splitting into lanes lets the compiler use vector registers.
+#[inline]
+pub(crate) fn sum(v: &[f32]) -> f32 {
+    const W: usize = 16;
+    let mut acc = [0f32; W];
+    let mut chunks = v.chunks_exact(W);
+    for c in &mut chunks {
+        for l in 0..W {
+            acc[l] += c[l];
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Output spatial size of a window op: `floor((input + 2*pad - kernel) / stride) + 1`.
+/// `None` when the window does not fit in the padded input or the stride is zero.
+pub(crate) fn out_size(input: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
+    let padded = input + 2 * pad;
+    if stride == 0 || kernel == 0 || padded < kernel {
+        return None;
+    }
+    Some((padded - kernel) / stride + 1)
+}
+
+/// Range of output positions `o` for which `o*stride + k - pad` lies in `[0, input)`, clamped to
+/// `[0, out)`. Lets the inner loops skip padding without per-element branches.
+#[inline]
+pub(crate) fn valid_range(
+    out: usize,
+    input: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> (usize, usize) {
+    // lo = ceil((pad - k) / stride) when pad > k, else 0.
+    let lo = if pad > k {
+        (pad - k).div_ceil(stride)
+    } else {
+        0
+    };
+    // hi (exclusive): o*stride + k - pad <= input - 1  <=>  o <= (input - 1 + pad - k) / stride.
+    let hi = if input + pad > k {
+        ((input - 1 + pad - k) / stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_range_matches_brute_force() {
+        for input in 1..8 {
+            for k in 0..5 {
+                for stride in 1..4 {
+                    for pad in 0..4 {
+                        let Some(out) = out_size(input, k + 1, stride, pad) else {
+                            continue;
+                        };
+                        let (lo, hi) = valid_range(out, input, k, stride, pad);
+                        for o in 0..out {
+                            let i = (o * stride + k) as isize - pad as isize;
+                            let inside = i >= 0 && (i as usize) < input;
+                            assert_eq!(inside, o >= lo && o < hi, "{input} {k} {stride} {pad} {o}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sgemm_matches_naive_with_transposes() -> candle_core::Result<()> {
+        let (m, n, k) = (3, 5, 4);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 - 3.0).collect(); // b^T, n×k
+        let mut c = vec![1.0f32; m * n];
+        sgemm(
+            (m, n, k),
+            Mat::rows(&a, k),
+            Mat::rows_t(&bt, k),
+            &mut c,
+            true,
+            gemm::Parallelism::None,
+        )?;
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum::<f32>();
+                assert!((c[i * n + j] - want).abs() < 1e-4);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sgemm_rejects_short_operands() {
+        let a = [0f32; 3];
+        let mut c = [0f32; 4];
+        let r = sgemm(
+            (2, 2, 2),
+            Mat::rows(&a, 2),
+            Mat::rows(&a, 2),
+            &mut c,
+            false,
+            gemm::Parallelism::None,
+        );
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn lane_sum_matches_serial_sum() {
+        for n in [0, 1, 15, 16, 17, 100, 1000] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let want: f32 = v.iter().sum();
+            assert!((sum(&v) - want).abs() < 1e-3, "{n}");
+        }
+    }
+
+    #[test]
+    fn scratch_is_reentrant() {
+        let v = with_scratch(4, 3, |a, b| {
+            a.fill(1.0);
+            b.fill(2.0);
+            with_scratch(2, 2, |c, d| {
+                c.fill(3.0);
+                d.fill(4.0);
+            });
+            a.iter().sum::<f32>() + b.iter().sum::<f32>()
+        });
+        assert_eq!(v, 10.0);
+    }
+}

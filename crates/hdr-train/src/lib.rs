@@ -1,0 +1,49 @@
+//! Training for the `hdr` model zoo, as the paper's study needs it, and beyond.
+//!
+//! - [`fit`]: trains a [`Classifier`](hdr_models::Classifier) on a training split with a
+//!   validation split held out, reporting per-epoch train/validation loss and accuracy
+//!   ([`History`], saved as CSV and JSON); [`EarlyStopping`] restores the best weights.
+//! - [`Optimizer`]: Adam (the paper's), AdamW, SGD with momentum; weight decay, gradient clipping.
+//! - [`LrSchedule`]: constant, step, cosine and one-cycle, with warm-up.
+//! - Auxiliary loss (`aux_weight`) and knowledge distillation ([`Teacher`], [`DistillConfig`],
+//!   [`distillation_loss`]); label smoothing.
+//! - Resumable, atomic checkpoints in [`TrainConfig::run_dir`]; same seed, same result.
+//! - [`evaluate`]: the `hdr-metrics` classification report; [`measure_efficiency`]: latency,
+//!   size and peak memory.
+//!
+//! ```no_run
+//! use candle_core::{DType, Device};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use hdr_data::{Mnist, SplitConfig};
+//! use hdr_train::{fit, TrainConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mnist = Mnist::load()?;
+//! let (train, val) = mnist.train.split(&SplitConfig::default())?;
+//! let vars = VarMap::new();
+//! let model = hdr_models::create("lenet5", VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu))?;
+//! hdr_models::init::init(&vars, 0)?;
+//! let history = fit(model.as_ref(), &vars, "lenet5", &train, &val, &TrainConfig::default(), None)?;
+//! println!("best validation accuracy: {:?}", history.best().map(|e| e.val_accuracy));
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod evaluate;
+mod history;
+mod loss;
+mod optim;
+mod schedule;
+mod trainer;
+
+pub use error::{Result, TrainError};
+pub use evaluate::{evaluate, loss_and_accuracy, measure_efficiency, predict_logits};
+pub use history::{EpochRecord, History};
+pub use loss::{cross_entropy, distillation_loss};
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use schedule::{LrSchedule, Schedule};
+pub use trainer::{
+    fit, teacher_logits, trainable, DistillConfig, EarlyStopping, Teacher, TrainConfig,
+};
