@@ -41,6 +41,7 @@ pub fn batch_norm2d(
     activation: Activation,
 ) -> Result<BatchNormOutput> {
     const OP: &str = "batch_norm2d";
+    crate::util::tune_allocator();
     let (b, c, h, w) = match *x.dims() {
         [b, c, h, w] => (b, c, h, w),
         _ => {

@@ -486,3 +486,69 @@ impl CustomOp3 for DepthwiseConv2d {
         Ok((dx, dw, db))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(h: usize, w: usize, k: usize, stride: usize, pad: usize) -> ConvGeom {
+        let oh = crate::util::out_size(h, k, stride, pad).unwrap_or(0);
+        let ow = crate::util::out_size(w, k, stride, pad).unwrap_or(0);
+        ConvGeom {
+            b: 1,
+            c_in: 1,
+            h,
+            w,
+            c_out: 1,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            oh,
+            ow,
+        }
+    }
+
+    #[test]
+    fn phases_pack_places_padded_columns_and_unpack_inverts() {
+        for &(h, w, k, s, p) in &[
+            (5, 7, 3, 1, 1),
+            (6, 9, 3, 2, 1),
+            (4, 5, 4, 3, 2),
+            (3, 3, 1, 2, 0),
+        ] {
+            let g = geom(h, w, k, s, p);
+            let ph = Phases::new(&g);
+            let x: Vec<f32> = (0..h * w).map(|i| i as f32 + 1.0).collect();
+            let mut buf = vec![f32::NAN; ph.len()];
+            ph.pack(&x, &mut buf);
+            // Output (oh, ow) with tap (ki, kj) reads padded (oh*s + ki, ow*s + kj).
+            let offs = ph.tap_offsets(k, k);
+            for oh in 0..g.oh {
+                for ow in 0..g.ow {
+                    for ki in 0..k {
+                        for kj in 0..k {
+                            let (r, c) = (oh * s + ki, ow * s + kj);
+                            let want = if r >= p && c >= p && r - p < h && c - p < w {
+                                x[(r - p) * w + c - p]
+                            } else {
+                                0.0
+                            };
+                            let got = buf[offs[ki * k + kj] + oh * s * ph.wr + ow];
+                            assert_eq!(
+                                got, want,
+                                "{h} {w} {k} {s} {p}: ({oh},{ow}) tap ({ki},{kj})"
+                            );
+                        }
+                    }
+                }
+            }
+            let mut back = vec![0f32; h * w];
+            ph.unpack(&buf, &mut back);
+            assert_eq!(back, x);
+            // Whole blocks past the last output column stay inside the buffer.
+            let last = offs[k * k - 1] + (g.oh - 1) * s * ph.wr + ow_padded(&g) - L;
+            assert!(block(&buf, last).is_some());
+        }
+    }
+}

@@ -12,6 +12,11 @@
 //! - [`max_pool2d`], [`avg_pool2d`] for any kernel/stride/padding, and [`global_avg_pool2d`];
 //! - [`batch_norm2d`]: training-mode batch norm (+ optional ReLU) as one fused op.
 //!
+//! Two process-wide costs of stock candle are handled here rather than left to users: the
+//! thread count is computed once (candle's matmul re-reads it on every call), and on
+//! Linux/glibc [`tune_allocator`] runs on first use so that the fresh buffer every op returns
+//! is recycled instead of being page-faulted in from new `mmap`s.
+//!
 //! The fast paths cover `f32` tensors on the CPU; other devices and dtypes fall back to candle's
 //! own ops with the same semantics, so a model written against this crate still runs on CUDA or
 //! Metal.
@@ -47,3 +52,4 @@ pub use batch_norm::{batch_norm2d, BatchNormOutput};
 pub use conv::{conv2d, Activation, Conv2dConfig};
 pub use error::{OpsError, Result};
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
+pub use util::tune_allocator;

@@ -79,12 +79,18 @@ impl PoolGeom {
         (lo, hi)
     }
 
+    /// The common non-overlapping 2x2 / stride-2 / unpadded case, which has a fast path.
+    fn is_2x2(&self) -> bool {
+        self.k == 2 && self.s == 2 && self.p == 0
+    }
+
     fn planes(&self) -> usize {
         self.b * self.c
     }
 }
 
 fn fast_path(x: &Tensor) -> bool {
+    crate::util::tune_allocator();
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
@@ -197,6 +203,39 @@ fn check_input<'a>(
     Ok(x)
 }
 
+/// 2x2, stride-2, unpadded max pool of one plane (LeNet's pooling): whole row pairs at a time.
+fn max2x2_fwd(g: &PoolGeom, x: &[f32], y: &mut [f32]) {
+    for (oh, yr) in y.chunks_exact_mut(g.ow).enumerate() {
+        let r0 = &x[2 * oh * g.w..][..2 * g.ow];
+        let r1 = &x[(2 * oh + 1) * g.w..][..2 * g.ow];
+        for ((v, a), b) in yr
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            *v = a[0].max(a[1]).max(b[0].max(b[1]));
+        }
+    }
+}
+
+/// Backward of [`max2x2_fwd`]: windows do not overlap, so each gradient goes straight to the
+/// first maximum of its window (same order as [`argmax`]); `dx` must be zeroed.
+fn max2x2_bwd(g: &PoolGeom, x: &[f32], gy: &[f32], dx: &mut [f32]) {
+    for (oh, gr) in gy.chunks_exact(g.ow).enumerate() {
+        let (i0, i1) = (2 * oh * g.w, (2 * oh + 1) * g.w);
+        for (ow, &gv) in gr.iter().enumerate() {
+            let c = 2 * ow;
+            let mut best = i0 + c;
+            for i in [i0 + c + 1, i1 + c, i1 + c + 1] {
+                if x[i] > x[best] {
+                    best = i;
+                }
+            }
+            dx[best] = gv;
+        }
+    }
+}
+
 struct MaxPool2d(PoolGeom);
 
 impl CustomOp1 for MaxPool2d {
@@ -212,6 +251,10 @@ impl CustomOp1 for MaxPool2d {
         y.par_chunks_mut(n)
             .zip(x.par_chunks(hw))
             .for_each(|(y, x)| {
+                if g.is_2x2() {
+                    max2x2_fwd(g, x, y);
+                    return;
+                }
                 for oh in 0..g.oh {
                     let (h0, h1) = g.window(oh, g.h);
                     for ow in 0..g.ow {
@@ -245,6 +288,10 @@ impl CustomOp1 for MaxPool2d {
         dx.par_chunks_mut(hw)
             .zip(xd.par_chunks(hw).zip(gd.par_chunks(n)))
             .for_each(|(dx, (x, gy))| {
+                if g.is_2x2() {
+                    max2x2_bwd(g, x, gy, dx);
+                    return;
+                }
                 for oh in 0..g.oh {
                     for ow in 0..g.ow {
                         dx[argmax(g, x, oh, ow)] += gy[oh * g.ow + ow];
@@ -340,19 +387,22 @@ impl CustomOp1 for GlobalAvgPool2d {
 
     fn bwd(
         &self,
-        arg: &Tensor,
+        _arg: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let g = &self.0;
-        let hw = g.h * g.w;
-        bwd_inputs!(self, g, arg, grad, _xd, gd, g.planes());
-        let scale = 1.0 / hw as f32;
-        let mut dx = vec![0f32; g.planes() * hw];
-        dx.par_chunks_mut(hw)
-            .zip(gd.par_iter())
-            .for_each(|(dx, &v)| dx.fill(v * scale));
-        Ok(Some(tensor_from(dx, &[g.b, g.c, g.h, g.w])?))
+        if grad.dims() != [g.b, g.c] {
+            bail!("{}: gradient does not match the output shape", self.name())
+        }
+        // A lazy broadcast of grad / (h*w): candle's gradient accumulation (`zeros + add`)
+        // reads it directly, so the full-size input gradient is never materialised twice.
+        let scale = 1.0 / (g.h * g.w) as f64;
+        let dx = grad
+            .affine(scale, 0.0)?
+            .reshape((g.b, g.c, 1, 1))?
+            .broadcast_as((g.b, g.c, g.h, g.w))?;
+        Ok(Some(dx))
     }
 }
 

@@ -201,6 +201,7 @@ fn lenet_and_overlapping_shapes() -> Result<(), String> {
         check(case(4, 6, 28, 2, 2, 0), kind)?; // LeNet pool1, batch-parallel
         check(case(1, 16, 10, 2, 2, 0), kind)?; // LeNet pool2, batch 1
         check(case(2, 8, 13, 3, 2, 1), kind)?; // ResNet-style overlapping pool
+        check(case(3, 2, 7, 2, 2, 0), kind)?; // 2x2 fast path, odd size (last row/col unused)
     }
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! - [`LrSchedule`]: constant, step, cosine and one-cycle, with warm-up.
 //! - Auxiliary loss (`aux_weight`) and knowledge distillation ([`Teacher`], [`DistillConfig`],
 //!   [`distillation_loss`]); label smoothing.
+//! - [`recipe`]: the study's settings for each registered model; [`train_and_evaluate`]: one
+//!   entry of the comparative study, from configuration to test report.
 //! - Resumable, atomic checkpoints in [`TrainConfig::run_dir`]; same seed, same result.
 //! - [`evaluate`]: the `hdr-metrics` classification report; [`measure_efficiency`]: latency,
 //!   size and peak memory.
@@ -35,7 +37,9 @@ mod evaluate;
 mod history;
 mod loss;
 mod optim;
+mod recipe;
 mod schedule;
+mod study;
 mod trainer;
 
 pub use error::{Result, TrainError};
@@ -43,7 +47,12 @@ pub use evaluate::{evaluate, loss_and_accuracy, measure_efficiency, predict_logi
 pub use history::{EpochRecord, History};
 pub use loss::{cross_entropy, distillation_loss};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use recipe::recipe;
 pub use schedule::{LrSchedule, Schedule};
+pub use study::{
+    results_markdown, study_table, train_and_evaluate, training_cost_markdown, utc_date_today,
+    Splits, StudyOutcome,
+};
 pub use trainer::{
     fit, teacher_logits, trainable, DistillConfig, EarlyStopping, Teacher, TrainConfig,
 };

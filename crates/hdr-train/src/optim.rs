@@ -301,15 +301,22 @@ mod tests {
     fn setup(init: &[f32]) -> (VarMap, Tensor) {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        let w = vb.get_with_hints(init.len(), "w", candle_nn::Init::Const(0.0)).unwrap();
+        let w = vb
+            .get_with_hints(init.len(), "w", candle_nn::Init::Const(0.0))
+            .unwrap();
         let data = vars.data().lock().unwrap();
-        data["w"].set(&Tensor::new(init, &Device::Cpu).unwrap()).unwrap();
+        data["w"]
+            .set(&Tensor::new(init, &Device::Cpu).unwrap())
+            .unwrap();
         drop(data);
         (vars, w)
     }
 
     fn values(vars: &VarMap) -> Vec<f32> {
-        vars.data().lock().unwrap()["w"].as_tensor().to_vec1().unwrap()
+        vars.data().lock().unwrap()["w"]
+            .as_tensor()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -320,7 +327,10 @@ mod tests {
         let loss = (&w * Tensor::new(&[3f32, -0.5, 0.0], &Device::Cpu)?)?.sum_all()?;
         opt.step(&loss.backward()?, 0.1)?;
         let v = values(&vars);
-        assert!((v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.9).abs() < 1e-6 && v[2] == 0.5, "{v:?}");
+        assert!(
+            (v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.9).abs() < 1e-6 && v[2] == 0.5,
+            "{v:?}"
+        );
         Ok(())
     }
 
@@ -361,11 +371,18 @@ mod tests {
         let norm = opt.step(&loss.backward()?, 1.0)?;
         assert!((norm - 50.0).abs() < 1e-6);
         let v = values(&vars);
-        assert!((v[0] + 0.6).abs() < 1e-6 && (v[1] + 0.8).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] + 0.6).abs() < 1e-6 && (v[1] + 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
 
         let (state, steps) = opt.state()?;
         let mut other = Optimizer::new(&cfg, &vars)?;
-        other.load_state(&state.into_iter().collect(), steps, std::path::Path::new("mem"))?;
+        other.load_state(
+            &state.into_iter().collect(),
+            steps,
+            std::path::Path::new("mem"),
+        )?;
         assert_eq!(other.steps(), 1);
         Ok(())
     }
@@ -384,7 +401,11 @@ mod tests {
             let loss = w.sqr()?.sum_all()?;
             opt.step(&loss.backward()?, 0.05)?;
         }
-        assert!(values(&vars).iter().all(|x| x.abs() < 1e-2), "{:?}", values(&vars));
+        assert!(
+            values(&vars).iter().all(|x| x.abs() < 1e-2),
+            "{:?}",
+            values(&vars)
+        );
         Ok(())
     }
 
@@ -395,6 +416,9 @@ mod tests {
             beta1: 1.0,
             ..OptimizerConfig::default()
         };
-        assert!(matches!(Optimizer::new(&bad, &vars), Err(TrainError::InvalidConfig { name: "beta1", .. })));
+        assert!(matches!(
+            Optimizer::new(&bad, &vars),
+            Err(TrainError::InvalidConfig { name: "beta1", .. })
+        ));
     }
 }

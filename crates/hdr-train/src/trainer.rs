@@ -385,7 +385,9 @@ pub fn fit(
     }
 
     let mut stopped = history.stopped_early;
-    let last = cfg.stop_after_epoch.map_or(cfg.epochs, |e| e.min(cfg.epochs));
+    let last = cfg
+        .stop_after_epoch
+        .map_or(cfg.epochs, |e| e.min(cfg.epochs));
     for epoch in start_epoch..last {
         if stopped {
             break;

@@ -7,8 +7,8 @@ use hdr_data::augment::RandomAffine;
 use hdr_data::{Dataset, Mnist, SplitConfig};
 use hdr_models::Classifier;
 use hdr_train::{
-    fit, loss_and_accuracy, teacher_logits, EarlyStopping, LrSchedule, OptimizerConfig, OptimizerKind, Schedule,
-    Teacher, TrainConfig, TrainError,
+    fit, loss_and_accuracy, teacher_logits, EarlyStopping, LrSchedule, OptimizerConfig,
+    OptimizerKind, Schedule, Teacher, TrainConfig, TrainError,
 };
 
 /// Digit-like synthetic data: class c is a bar at a class-specific position plus noise, so a
@@ -35,7 +35,10 @@ fn synthetic(n: usize, seed: u64) -> Dataset {
 
 fn model(name: &str, seed: u64) -> anyhow::Result<(Box<dyn Classifier>, VarMap)> {
     let vars = VarMap::new();
-    let m = hdr_models::create(name, VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu))?;
+    let m = hdr_models::create(
+        name,
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+    )?;
     hdr_models::init::init(&vars, seed)?;
     Ok((m, vars))
 }
@@ -44,7 +47,16 @@ fn weights(vars: &VarMap) -> Vec<(String, Vec<f32>)> {
     let data = vars.data().lock().unwrap();
     let mut v: Vec<_> = data
         .iter()
-        .map(|(k, t)| (k.clone(), t.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -70,7 +82,16 @@ fn quick(epochs: usize, run_dir: Option<std::path::PathBuf>) -> TrainConfig {
 fn without_timing(h: &hdr_train::History) -> Vec<(usize, f64, f64, f64, f64, f64)> {
     h.epochs
         .iter()
-        .map(|e| (e.epoch, e.lr, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy))
+        .map(|e| {
+            (
+                e.epoch,
+                e.lr,
+                e.train_loss,
+                e.train_accuracy,
+                e.val_loss,
+                e.val_accuracy,
+            )
+        })
         .collect()
 }
 
@@ -94,11 +115,22 @@ fn resumed_run_equals_uninterrupted_run() -> anyhow::Result<()> {
         assert_eq!(partial.epochs.len(), 2);
         // A new process would start from fresh weights; the checkpoint must bring everything back.
         let (m3, v3) = model(name, 99)?;
-        let resumed = fit(m3.as_ref(), &v3, name, &train, &val, &quick(3, Some(dir.path().into())), None)?;
+        let resumed = fit(
+            m3.as_ref(),
+            &v3,
+            name,
+            &train,
+            &val,
+            &quick(3, Some(dir.path().into())),
+            None,
+        )?;
 
         assert_eq!(without_timing(&resumed), without_timing(&full), "{name}");
         assert_eq!(weights(&v3), weights(&v1), "{name}: same final weights");
-        assert!(dir.path().join("history.csv").is_file() && dir.path().join("best.safetensors").is_file());
+        assert!(
+            dir.path().join("history.csv").is_file()
+                && dir.path().join("best.safetensors").is_file()
+        );
     }
     Ok(())
 }
@@ -109,7 +141,18 @@ fn same_seed_same_result_other_seed_other_result() -> anyhow::Result<()> {
     let val = synthetic(50, 4);
     let run = |seed: u64| -> anyhow::Result<Vec<(String, Vec<f32>)>> {
         let (m, v) = model("lenet5", 1)?;
-        fit(m.as_ref(), &v, "lenet5", &train, &val, &TrainConfig { seed, ..quick(1, None) }, None)?;
+        fit(
+            m.as_ref(),
+            &v,
+            "lenet5",
+            &train,
+            &val,
+            &TrainConfig {
+                seed,
+                ..quick(1, None)
+            },
+            None,
+        )?;
         Ok(weights(&v))
     };
     assert_eq!(run(1)?, run(1)?);
@@ -123,8 +166,19 @@ fn a_checkpoint_from_other_settings_is_refused() -> anyhow::Result<()> {
     let val = synthetic(20, 6);
     let dir = tempfile::tempdir()?;
     let (m, v) = model("lenet5", 1)?;
-    fit(m.as_ref(), &v, "lenet5", &train, &val, &quick(1, Some(dir.path().into())), None)?;
-    let other = TrainConfig { seed: 12, ..quick(2, Some(dir.path().into())) };
+    fit(
+        m.as_ref(),
+        &v,
+        "lenet5",
+        &train,
+        &val,
+        &quick(1, Some(dir.path().into())),
+        None,
+    )?;
+    let other = TrainConfig {
+        seed: 12,
+        ..quick(2, Some(dir.path().into()))
+    };
     let err = fit(m.as_ref(), &v, "lenet5", &train, &val, &other, None).unwrap_err();
     assert!(matches!(err, TrainError::Checkpoint { .. }), "{err}");
     Ok(())
@@ -137,7 +191,10 @@ fn non_finite_loss_stops_the_run() -> anyhow::Result<()> {
     let (m, v) = model("mlp1", 1)?;
     let cfg = TrainConfig {
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd { momentum: 0.0, nesterov: false },
+            kind: OptimizerKind::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
             ..OptimizerConfig::default()
         },
         lr: LrSchedule {
@@ -160,15 +217,24 @@ fn early_stopping_restores_the_best_weights() -> anyhow::Result<()> {
     // A sane first epoch, then a learning rate 1e4 times larger ruins the model.
     let cfg = TrainConfig {
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Sgd { momentum: 0.9, nesterov: false },
+            kind: OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
             ..OptimizerConfig::default()
         },
         lr: LrSchedule {
             base_lr: 0.02,
-            schedule: Schedule::Step { every_epochs: 1, gamma: 1e4 },
+            schedule: Schedule::Step {
+                every_epochs: 1,
+                gamma: 1e4,
+            },
             warmup_steps: 0,
         },
-        early_stopping: Some(EarlyStopping { patience: 0, min_delta: 0.0 }),
+        early_stopping: Some(EarlyStopping {
+            patience: 0,
+            min_delta: 0.0,
+        }),
         augment: None,
         ..quick(4, None)
     };
@@ -182,7 +248,10 @@ fn early_stopping_restores_the_best_weights() -> anyhow::Result<()> {
     assert_eq!(history.best_epoch, Some(1));
     let (val_loss, _) = loss_and_accuracy(m.as_ref(), &val, 100, Default::default(), &Device::Cpu)?;
     let best = history.best().unwrap().val_loss;
-    assert!((val_loss - best).abs() < 1e-5, "restored {val_loss} vs best {best}");
+    assert!(
+        (val_loss - best).abs() < 1e-5,
+        "restored {val_loss} vs best {best}"
+    );
     Ok(())
 }
 
@@ -193,22 +262,62 @@ fn distillation_from_cached_teacher_logits() -> anyhow::Result<()> {
     let (teacher, _) = model("lenet5", 3)?;
     let dir = tempfile::tempdir()?;
     let cache = dir.path().join("teacher.safetensors");
-    let logits = teacher_logits(teacher.as_ref(), &train, Default::default(), Some(&cache), &Device::Cpu)?;
+    let logits = teacher_logits(
+        teacher.as_ref(),
+        &train,
+        Default::default(),
+        Some(&cache),
+        &Device::Cpu,
+    )?;
     assert_eq!(logits.dims(), &[128, 10]);
-    let again = teacher_logits(teacher.as_ref(), &train, Default::default(), Some(&cache), &Device::Cpu)?;
-    assert_eq!(logits.flatten_all()?.to_vec1::<f32>()?, again.flatten_all()?.to_vec1::<f32>()?);
+    let again = teacher_logits(
+        teacher.as_ref(),
+        &train,
+        Default::default(),
+        Some(&cache),
+        &Device::Cpu,
+    )?;
+    assert_eq!(
+        logits.flatten_all()?.to_vec1::<f32>()?,
+        again.flatten_all()?.to_vec1::<f32>()?
+    );
 
     let (student, sv) = model("mlp1", 4)?;
     let t = Teacher::Logits(logits);
-    let h = fit(student.as_ref(), &sv, "mlp1", &train, &val, &quick(1, None), Some(&t))?;
+    let h = fit(
+        student.as_ref(),
+        &sv,
+        "mlp1",
+        &train,
+        &val,
+        &quick(1, None),
+        Some(&t),
+    )?;
     assert!(h.epochs[0].train_loss.is_finite());
 
     let wrong = Teacher::Logits(Tensor::zeros((5, 10), DType::F32, &Device::Cpu)?);
-    let err = fit(student.as_ref(), &sv, "mlp1", &train, &val, &quick(1, None), Some(&wrong)).unwrap_err();
+    let err = fit(
+        student.as_ref(),
+        &sv,
+        "mlp1",
+        &train,
+        &val,
+        &quick(1, None),
+        Some(&wrong),
+    )
+    .unwrap_err();
     assert!(matches!(err, TrainError::TeacherShape { .. }), "{err}");
 
     let live = Teacher::Model(teacher.as_ref());
-    fit(student.as_ref(), &sv, "mlp1", &train, &val, &quick(1, None), Some(&live))?;
+    fit(
+        student.as_ref(),
+        &sv,
+        "mlp1",
+        &train,
+        &val,
+        &quick(1, None),
+        Some(&live),
+    )?;
     Ok(())
 }
 
@@ -221,18 +330,41 @@ fn short_real_mnist_training_learns() -> anyhow::Result<()> {
     let mnist = match dir.as_deref().map(Mnist::from_dir) {
         Some(Ok(m)) => m,
         other => {
-            assert!(!ci, "CI=true but MNIST could not be loaded from HDR_DATA_DIR: {other:?}");
+            assert!(
+                !ci,
+                "CI=true but MNIST could not be loaded from HDR_DATA_DIR: {other:?}"
+            );
             eprintln!("note: HDR_DATA_DIR does not hold MNIST; real-data training test not run");
             return Ok(());
         }
     };
-    let (train, val) = mnist.train.split(&SplitConfig { validation: 1000, seed: 0, stratified: true })?;
+    let (train, val) = mnist.train.split(&SplitConfig {
+        validation: 1000,
+        seed: 0,
+        stratified: true,
+    })?;
     let train = train.head(6000);
     let (m, v) = model("lenet5", 0)?;
     let (loss0, _) = loss_and_accuracy(m.as_ref(), &val, 500, Default::default(), &Device::Cpu)?;
-    let h = fit(m.as_ref(), &v, "lenet5", &train, &val, &TrainConfig { epochs: 1, batch_size: 32, ..quick(1, None) }, None)?;
+    let h = fit(
+        m.as_ref(),
+        &v,
+        "lenet5",
+        &train,
+        &val,
+        &TrainConfig {
+            epochs: 1,
+            batch_size: 32,
+            ..quick(1, None)
+        },
+        None,
+    )?;
     let e = &h.epochs[0];
     assert!(e.val_loss < loss0 / 3.0, "loss {loss0} -> {}", e.val_loss);
-    assert!(e.val_accuracy > 0.85, "validation accuracy {}", e.val_accuracy);
+    assert!(
+        e.val_accuracy > 0.85,
+        "validation accuracy {}",
+        e.val_accuracy
+    );
     Ok(())
 }

@@ -1,0 +1,166 @@
+//! One entry of a comparative study: build a model from its configuration, train it with a
+//! recipe, evaluate it on the test split, measure its cost, save it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::DType;
+use candle_nn::{VarBuilder, VarMap};
+use hdr_data::Dataset;
+use hdr_metrics::{format_duration, Average, ClassificationReport, ComparisonTable};
+use hdr_models::ModelConfig;
+
+use crate::error::Result;
+use crate::evaluate::{evaluate, measure_efficiency};
+use crate::history::History;
+use crate::trainer::{fit, Teacher, TrainConfig};
+
+/// The splits of a study: train and validation for training, test only for the final report.
+#[derive(Debug, Clone, Copy)]
+pub struct Splits<'a> {
+    /// Training samples.
+    pub train: &'a Dataset,
+    /// Validation samples (early stopping, model selection).
+    pub val: &'a Dataset,
+    /// Test samples (reported, never used to choose anything).
+    pub test: &'a Dataset,
+}
+
+/// What one study entry produced.
+#[derive(Debug, Clone)]
+pub struct StudyOutcome {
+    /// Name used in reports and the saved file's metadata.
+    pub label: String,
+    /// Test-set report, with latency (batch 1), size and peak memory.
+    pub report: ClassificationReport,
+    /// Per-epoch training record.
+    pub history: History,
+    /// Training wall time in seconds.
+    pub train_seconds: f64,
+    /// The saved model.
+    pub file: PathBuf,
+}
+
+/// Trains the model `config` under `label` with `cfg`, saves it to `dir/<label>.safetensors`,
+/// and evaluates it on the test split.
+pub fn train_and_evaluate(
+    label: &str,
+    config: &ModelConfig,
+    splits: Splits<'_>,
+    cfg: &TrainConfig,
+    teacher: Option<&Teacher<'_>>,
+    dir: &Path,
+) -> Result<StudyOutcome> {
+    let vars = VarMap::new();
+    let model = config.build(VarBuilder::from_varmap(&vars, DType::F32, &cfg.device))?;
+    hdr_models::init::init(&vars, cfg.seed)?;
+    let started = Instant::now();
+    let history = fit(
+        model.as_ref(),
+        &vars,
+        label,
+        splits.train,
+        splits.val,
+        cfg,
+        teacher,
+    )?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let file = dir.join(format!("{label}.safetensors"));
+    hdr_models::save(&file, label, config, &vars)?;
+    let (report, _) = evaluate(
+        model.as_ref(),
+        splits.test,
+        label,
+        "test",
+        cfg.normalize,
+        &cfg.device,
+    )?;
+    let eff = measure_efficiency(model.as_ref(), 1, 100, Some(&file), &cfg.device)?;
+    Ok(StudyOutcome {
+        label: label.to_string(),
+        report: report.with_efficiency(eff),
+        history,
+        train_seconds,
+        file,
+    })
+}
+
+/// The paper's results table (macro-averaged precision, recall, F1) with size and latency.
+pub fn study_table(outcomes: &[StudyOutcome]) -> ComparisonTable {
+    ComparisonTable::from_reports(outcomes.iter().map(|o| &o.report), Average::Macro)
+}
+
+/// What each model's training cost, as a Markdown table.
+pub fn training_cost_markdown(outcomes: &[StudyOutcome]) -> String {
+    let mut md = String::from("| model | epochs run | best epoch | training time | training images/s |\n|---|---:|---:|---:|---:|\n");
+    for o in outcomes {
+        let n = o.history.epochs.len().max(1) as f64;
+        let ips = o
+            .history
+            .epochs
+            .iter()
+            .map(|e| e.images_per_second)
+            .sum::<f64>()
+            / n;
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.0} |\n",
+            o.label,
+            o.history.epochs.len(),
+            o.history.best_epoch.unwrap_or(0),
+            format_duration(std::time::Duration::from_secs_f64(o.train_seconds)),
+            ips
+        ));
+    }
+    md
+}
+
+/// A results page: what was run, where and when, the results table and the training cost.
+pub fn results_markdown(
+    outcomes: &[StudyOutcome],
+    command: &str,
+    elapsed: std::time::Duration,
+) -> String {
+    format!(
+        "# Results\n\nMNIST test split (10,000 images), single models, one seeded run each, CPU only. \
+         Precision, recall and F1 are macro averages; latency is batch 1, median.\n\n\
+         - command: `{command}`\n- date: {date}\n- machine: 2 vCPUs (Intel Xeon, AVX-512), 24 GiB, no GPU\n\
+         - whole run: {mins:.1} min\n\n{table}\n## Training cost\n\n{cost}",
+        date = utc_date_today(),
+        mins = elapsed.as_secs_f64() / 60.0,
+        table = study_table(outcomes).render_markdown(),
+        cost = training_cost_markdown(outcomes),
+    )
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`, for the headers of generated documents.
+pub fn utc_date_today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    civil_date((secs / 86_400) as i64)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `civil_from_days`).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_date(0), "1970-01-01");
+        assert_eq!(super::civil_date(11_016), "2000-02-29");
+        assert_eq!(super::civil_date(20_781), "2026-11-24");
+    }
+}

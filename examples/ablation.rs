@@ -1,0 +1,108 @@
+//! The ablation study: MobileNet-HDR with all of the paper's modifications, with each one removed
+//! in turn, and with all removed (MobileNet v1 at width 0.25), trained with the same budget.
+//!
+//! `cargo run --release --example ablation -- --teacher runs/compare/wide_resnet.safetensors [--epochs N]`
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use clap::Parser;
+use hdr::data::{Mnist, MnistOptions, SplitConfig};
+use hdr::models::{MobileNetHdrConfig, ModelConfig, Modification};
+use hdr::train::{recipe, teacher_logits, train_and_evaluate, Splits, Teacher};
+
+#[derive(Parser)]
+#[command(about = "Remove each of MobileNet-HDR's modifications in turn and measure the cost")]
+struct Args {
+    /// The trained teacher for the variants that distil (e.g. from the compare example).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Epochs for every variant (default: the mobilenet_hdr recipe's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Train on only the first N training samples (quick trial runs).
+    #[arg(long)]
+    train_subset: Option<usize>,
+    #[arg(long, default_value = "runs/ablation")]
+    out_dir: PathBuf,
+    /// Markdown file to write the results to.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let device = Device::Cpu;
+    let mnist = Mnist::load_with(&MnistOptions {
+        dir: a.data.clone(),
+        ..MnistOptions::default()
+    })?;
+    let (mut train, val) = mnist.train.split(&SplitConfig::default())?;
+    if let Some(n) = a.train_subset {
+        train = train.head(n);
+    }
+    let splits = Splits {
+        train: &train,
+        val: &val,
+        test: &mnist.test,
+    };
+    let teacher = hdr::models::load(&a.teacher, &device)?;
+    let logits = teacher_logits(
+        teacher.model.as_ref(),
+        &train,
+        Default::default(),
+        None,
+        &device,
+    )?;
+    let teacher = Teacher::Logits(logits);
+
+    let paper = MobileNetHdrConfig::paper();
+    let mut variants = vec![("mobilenet_hdr (all)".to_string(), paper.clone())];
+    for m in Modification::ALL {
+        variants.push((format!("without {m:?}"), paper.clone().without(m)));
+    }
+    variants.push((
+        "none (MobileNet v1 x0.25)".to_string(),
+        MobileNetHdrConfig::original(),
+    ));
+
+    let started = std::time::Instant::now();
+    let mut outcomes = Vec::new();
+    for (label, cfg) in variants {
+        println!("\n== {label}");
+        let distil = cfg.teacher.is_some().then_some(&teacher);
+        let file_label = label.replace([' ', '(', ')', '.'], "_");
+        let train_cfg = recipe("mobilenet_hdr", a.epochs);
+        let mut o = train_and_evaluate(
+            &file_label,
+            &ModelConfig::MobileNetHdr(cfg),
+            splits,
+            &train_cfg,
+            distil,
+            &a.out_dir,
+        )?;
+        o.report.model = label.clone();
+        o.label = label;
+        println!(
+            "{}: test accuracy {:.2}%",
+            o.label,
+            100.0 * o.report.accuracy
+        );
+        outcomes.push(o);
+    }
+    let elapsed = started.elapsed();
+    println!("\n{}", hdr::train::study_table(&outcomes).render_text());
+    println!("{}", hdr::train::training_cost_markdown(&outcomes));
+    if let Some(path) = &a.results {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        std::fs::write(
+            path,
+            hdr::train::results_markdown(&outcomes, &command, elapsed),
+        )?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

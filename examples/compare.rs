@@ -1,0 +1,130 @@
+//! The comparative study of the paper: MLPs with 1-3 hidden layers, LeNet-5, ResNet, DenseNet,
+//! MobileNet and MobileNet-HDR (distilled from the wide-ResNet teacher), each trained with the
+//! study's recipe and evaluated on the MNIST test split; prints the results table and writes it
+//! to docs/RESULTS.md.
+//!
+//! `cargo run --release --example compare [-- --epochs N --models a,b --results docs/RESULTS.md]`
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use clap::Parser;
+use hdr::data::{Mnist, MnistOptions, SplitConfig};
+use hdr::train::{recipe, teacher_logits, train_and_evaluate, Splits, StudyOutcome, Teacher};
+
+#[derive(Parser)]
+#[command(about = "Train and compare the study's models on MNIST")]
+struct Args {
+    /// Models to compare, in order (default: the paper's study).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "mlp1,mlp2,mlp3,lenet5,resnet,densenet,mobilenet,mobilenet_hdr"
+    )]
+    models: Vec<String>,
+    /// Epochs for every model (default: each recipe's own).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Train on only the first N training samples (quick trial runs; results not comparable).
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Where the trained models go.
+    #[arg(long, default_value = "runs/compare")]
+    out_dir: PathBuf,
+    /// Markdown file to write the results to.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let device = Device::Cpu;
+    let mnist = Mnist::load_with(&MnistOptions {
+        dir: a.data.clone(),
+        ..MnistOptions::default()
+    })?;
+    let (mut train, val) = mnist.train.split(&SplitConfig::default())?;
+    if let Some(n) = a.train_subset {
+        train = train.head(n);
+    }
+    let splits = Splits {
+        train: &train,
+        val: &val,
+        test: &mnist.test,
+    };
+    let started = std::time::Instant::now();
+    let mut outcomes: Vec<StudyOutcome> = Vec::new();
+    let mut teacher: Option<StudyOutcome> = None;
+    for name in &a.models {
+        let config = hdr::models::config(name)?;
+        let wants = match &config {
+            hdr::models::ModelConfig::MobileNetHdr(c) => c.teacher.clone(),
+            _ => None,
+        };
+        let distill = match wants {
+            Some(t) => {
+                if teacher.is_none() {
+                    println!("\n== {t} (teacher)");
+                    let cfg = recipe(&t, a.epochs);
+                    teacher = Some(train_and_evaluate(
+                        &t,
+                        &hdr::models::config(&t)?,
+                        splits,
+                        &cfg,
+                        None,
+                        &a.out_dir,
+                    )?);
+                }
+                let file = &teacher.as_ref().map(|t| t.file.clone()).unwrap_or_default();
+                let loaded = hdr::models::load(file, &device)?;
+                let cache = a.out_dir.join(format!("{t}.train-logits.safetensors"));
+                let _ = std::fs::remove_file(&cache);
+                let logits = teacher_logits(
+                    loaded.model.as_ref(),
+                    &train,
+                    Default::default(),
+                    Some(&cache),
+                    &device,
+                )?;
+                Some(Teacher::Logits(logits))
+            }
+            None => None,
+        };
+        println!(
+            "\n== {name}{}",
+            if distill.is_some() {
+                " (distilled)"
+            } else {
+                ""
+            }
+        );
+        let cfg = recipe(name, a.epochs);
+        let outcome =
+            train_and_evaluate(name, &config, splits, &cfg, distill.as_ref(), &a.out_dir)?;
+        println!(
+            "{name}: test accuracy {:.2}%",
+            100.0 * outcome.report.accuracy
+        );
+        outcomes.push(outcome);
+    }
+    if let Some(t) = teacher {
+        outcomes.push(t);
+    }
+
+    let elapsed = started.elapsed();
+    println!("\n{}", hdr::train::study_table(&outcomes).render_text());
+    println!("{}", hdr::train::training_cost_markdown(&outcomes));
+    println!("whole study: {:.1} min", elapsed.as_secs_f64() / 60.0);
+    if let Some(path) = &a.results {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        std::fs::write(
+            path,
+            hdr::train::results_markdown(&outcomes, &command, elapsed),
+        )?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
