@@ -1,8 +1,8 @@
 //! Building blocks shared by the zoo: convolutions on `hdr-ops` kernels, batch norm, linear
 //! layers, pooling, and the shape tracer that produces [`Summary`].
 
-use candle_core::{Module, Tensor};
-use candle_nn::{BatchNorm, Init, Linear, VarBuilder};
+use candle_core::{Module, Tensor, Var};
+use candle_nn::{Init, Linear, VarBuilder};
 use hdr_ops::Conv2dConfig;
 use serde::{Deserialize, Serialize};
 
@@ -269,6 +269,62 @@ impl Conv {
     }
 }
 
+/// Batch normalisation over channels (Ioffe & Szegedy 2015) with an optional fused activation:
+/// batch statistics in training (the fused `hdr-ops` kernel), running statistics in evaluation.
+///
+/// Parameters are named as candle-nn's and PyTorch's: `weight`, `bias`, `running_mean`,
+/// `running_var`; running averages use momentum 0.1 and the unbiased batch variance, as PyTorch does.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+}
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+impl BatchNorm {
+    pub fn forward_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
+        let fused = act.and_then(Activation::fused);
+        let y = if train {
+            let out = hdr_ops::batch_norm2d(
+                x,
+                &self.weight,
+                &self.bias,
+                BN_EPS,
+                fused.unwrap_or_default(),
+            )?;
+            let n = out.n as f64;
+            let unbiased = (out.var * (n / (n - 1.0).max(1.0)))?;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))?
+                + (out.mean * BN_MOMENTUM)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
+                + (unbiased * BN_MOMENTUM)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            out.y
+        } else {
+            let c = self.weight.dim(0)?;
+            let scale = (&self.weight / (self.running_var.as_tensor() + BN_EPS)?.sqrt()?)?;
+            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            let y = x
+                .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
+                .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
+            if fused.is_some() {
+                y.relu()?
+            } else {
+                y
+            }
+        };
+        match act {
+            Some(a) if fused.is_none() => a.apply(&y),
+            _ => Ok(y),
+        }
+    }
+}
+
 /// Convolution without bias, batch norm, activation: the unit of ResNet, DenseNet and MobileNet.
 #[derive(Debug, Clone)]
 pub(crate) struct ConvBn {
@@ -298,21 +354,29 @@ impl ConvBn {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv.forward(x)?.apply_t(&self.bn, train)?;
-        match self.act {
-            Some(a) => a.apply(&y),
-            None => Ok(y),
-        }
+        self.bn.forward_t(&self.conv.forward(x)?, train, self.act)
     }
 }
 
 /// Batch norm over channels, recorded in the summary (2c parameters, 2c buffers).
 pub(crate) fn batch_norm(t: &mut Tracer, channels: usize, vb: VarBuilder<'_>) -> Result<BatchNorm> {
-    let bn = candle_nn::batch_norm(channels, candle_nn::BatchNormConfig::default(), vb.clone())?;
+    let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+    // From a VarMap these are variables already, and `from_tensor` shares their storage, so the
+    // running averages written here are the ones saved with the model.
+    let running_mean =
+        Var::from_tensor(&vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?)?;
+    let running_var =
+        Var::from_tensor(&vb.get_with_hints(channels, "running_var", Init::Const(1.0))?)?;
     let shape = t.shape.clone();
     t.push(vb.prefix(), "BatchNorm".into(), shape, 2 * channels, 0);
     t.add_buffers(2 * channels);
-    Ok(bn)
+    Ok(BatchNorm {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+    })
 }
 
 /// Fully connected layer, recorded in the summary.

@@ -657,6 +657,48 @@ mod tests {
         assert!((lhs - rhs).abs() < 1e-3, "{lhs} vs {rhs}");
     }
 
+    /// Runs the op's backward directly with a plain (non-variable) input and bias, and a
+    /// variable weight: only the weight gradient may be computed.
+    fn bwd_skips_untracked<C: CustomOp3>(op: C, w_dims: &[usize], c_out: usize) {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 4, 6, 6), &dev).unwrap();
+        let w = candle_core::Var::randn(0f32, 1., w_dims, &dev).unwrap();
+        let b = Tensor::zeros(c_out, DType::F32, &dev).unwrap();
+        let y = x.apply_op3_no_bwd(w.as_tensor(), &b, &op).unwrap();
+        let grad = y.ones_like().unwrap();
+        let (dx, dw, db) = op.bwd(&x, &w, &b, &y, &grad).unwrap();
+        assert!(dx.is_none() && db.is_none());
+        assert_eq!(dw.map(|t| t.dims().to_vec()), Some(w_dims.to_vec()));
+        // Once x tracks gradients, its gradient is produced.
+        let xv = candle_core::Var::from_tensor(&x).unwrap();
+        let (dx, _, _) = op.bwd(&xv, &w, &b, &y, &grad).unwrap();
+        assert_eq!(dx.map(|t| t.dims().to_vec()), Some(vec![2, 4, 6, 6]));
+    }
+
+    #[test]
+    fn backward_computes_only_the_gradients_that_are_needed() {
+        let mut g = geom(4, 6, 6, 3, 1, 1);
+        g.b = 2;
+        g.c_out = 5;
+        bwd_skips_untracked(
+            Conv2dGemm {
+                g,
+                act: Activation::Relu,
+            },
+            &[5, 4, 3, 3],
+            5,
+        );
+        g.c_out = 4;
+        bwd_skips_untracked(
+            DepthwiseConv2d {
+                g,
+                act: Activation::None,
+            },
+            &[4, 1, 3, 3],
+            4,
+        );
+    }
+
     #[test]
     fn batch_ranges_cover_everything() {
         for b in 0..10 {

@@ -123,8 +123,8 @@ fn argmax(g: &PoolGeom, x: &[f32], oh: usize, ow: usize) -> usize {
 /// `x` is `[b, c, h, w]`; the result is `[b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1]`
 /// (floor mode). Requires `padding <= kernel / 2`. The gradient goes to the first maximum of
 /// each window (PyTorch's convention); overlapping windows (`kernel > stride`) are supported.
-/// Non-CPU / non-`f32` tensors use candle's `max_pool2d_with_stride`, whose backward only
-/// supports `kernel == stride`.
+/// Non-CPU / non-`f32` tensors use candle's `max_pool2d_with_stride`, whose backward (candle
+/// 0.11.1) only supports `kernel == stride` and scales the gradient by `1 / kernel²`.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let g = PoolGeom::new(x, kernel, stride, padding, "max_pool2d")?;
     if fast_path(x) {

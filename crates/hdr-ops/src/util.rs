@@ -189,7 +189,7 @@ pub(crate) fn storage_f32<'a>(
     }
 }
 
-/// Copies a tensor's data into a fresh contiguous `Vec<f32>` view holder.
+/// The tensor itself if contiguous, else a contiguous copy; errors for non-CPU tensors.
 ///
 /// Used in `bwd`, where candle hands us tensors that may be broadcast (e.g. the gradient of a
 /// `sum` has zero strides): `contiguous()` is a no-op for tensors that already are.

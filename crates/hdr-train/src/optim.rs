@@ -74,13 +74,13 @@ impl OptimizerConfig {
         if !(0.0..1.0).contains(&self.beta2) {
             return bad("beta2", self.beta2, "must be in [0, 1)");
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return bad("eps", self.eps, "must be positive");
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return bad("weight_decay", self.weight_decay, "must be >= 0");
         }
-        if let Some(c) = self.grad_clip.filter(|c| !(*c > 0.0)) {
+        if let Some(c) = self.grad_clip.filter(|c| c.is_nan() || *c <= 0.0) {
             return bad("grad_clip", c, "must be positive");
         }
         if let OptimizerKind::Sgd { momentum, .. } = self.kind {

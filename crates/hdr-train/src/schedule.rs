@@ -76,10 +76,10 @@ impl LrSchedule {
             Schedule::Step {
                 every_epochs: 0, ..
             } => fail("every_epochs", "0".into(), "must be at least 1"),
-            Schedule::Step { gamma, .. } if !(gamma > 0.0) => {
+            Schedule::Step { gamma, .. } if gamma.is_nan() || gamma <= 0.0 => {
                 fail("gamma", gamma.to_string(), "must be positive")
             }
-            Schedule::Cosine { min_lr } if !(min_lr >= 0.0) => {
+            Schedule::Cosine { min_lr } if min_lr.is_nan() || min_lr < 0.0 => {
                 fail("min_lr", min_lr.to_string(), "must be >= 0")
             }
             Schedule::OneCycle {

@@ -151,10 +151,13 @@ impl TrainConfig {
                 "must be in [0, 1)",
             );
         }
-        if !(self.aux_weight >= 0.0) {
+        if self.aux_weight.is_nan() || self.aux_weight < 0.0 {
             return fail("aux_weight", self.aux_weight.to_string(), "must be >= 0");
         }
-        if !(self.distill.temperature > 0.0) || !(0.0..=1.0).contains(&self.distill.alpha) {
+        if self.distill.temperature.is_nan()
+            || self.distill.temperature <= 0.0
+            || !(0.0..=1.0).contains(&self.distill.alpha)
+        {
             return fail(
                 "distill",
                 format!("{:?}", self.distill),

@@ -6,14 +6,14 @@
 //! BN-ReLU-Conv3x3 (`growth` channels). "C": transitions compress the channels by `compression`
 //! (BN-ReLU-Conv1x1, then 2x2 average pooling).
 
-use candle_core::{ModuleT, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{
-    apply_linear, batch_norm, check_input, dropout, global_avg_pool, linear, pool, Conv, ConvSpec,
-    Pool, Tracer,
+    apply_linear, batch_norm, check_input, dropout, global_avg_pool, linear, pool, Activation,
+    BatchNorm, Conv, ConvSpec, Pool, Tracer,
 };
 use crate::summary::Summary;
 use crate::{Classifier, ClassifierOutput, ModelConfig};
@@ -106,9 +106,9 @@ impl DenseLayer {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(x, train)?.relu()?;
+        let h = self.bn1.forward_t(x, train, Some(Activation::Relu))?;
         let h = self.conv1.forward(&h)?;
-        let h = self.bn2.forward_t(&h, train)?.relu()?;
+        let h = self.bn2.forward_t(&h, train, Some(Activation::Relu))?;
         let h = self.conv2.forward(&h)?;
         Ok(Tensor::cat(&[x, &h], 1)?)
     }
@@ -190,11 +190,13 @@ impl Classifier for DenseNet {
                 h = layer.forward_t(&h, train)?;
             }
             if let Some(tr) = transition {
-                h = tr.conv.forward(&tr.bn.forward_t(&h, train)?.relu()?)?;
+                h = tr
+                    .conv
+                    .forward(&tr.bn.forward_t(&h, train, Some(Activation::Relu))?)?;
                 h = pool(&h, Pool::Avg, 2, 2, 0)?;
             }
         }
-        let h = self.final_bn.forward_t(&h, train)?.relu()?;
+        let h = self.final_bn.forward_t(&h, train, Some(Activation::Relu))?;
         let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
     }
