@@ -101,6 +101,15 @@ fn validate(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> R
     let [bs, c_in, h, wd] = dims4(x, OP, "[b, c_in, h, w]")?;
     let [c_out, c_per_group, kh, kw] = dims4(w, OP, "[c_out, c_in/groups, kh, kw]")?;
     let invalid = |reason: String| OpsError::InvalidConfig { op: OP, reason };
+    // An empty batch is fine; empty channels or images are rejected (the kernels split buffers
+    // into per-image chunks, which must not be empty).
+    if c_in == 0 || h == 0 || wd == 0 || c_out == 0 {
+        return Err(OpsError::ShapeMismatch {
+            op: OP,
+            expected: "non-empty channels and images".into(),
+            found: if c_out == 0 { w.dims() } else { x.dims() }.to_vec(),
+        });
+    }
     if cfg.stride == 0 {
         return Err(invalid("stride must be >= 1".into()));
     }
@@ -739,5 +748,29 @@ mod tests {
             conv2d(&x, &w, Some(&bias), &Conv2dConfig::default()),
             Err(OpsError::ShapeMismatch { .. })
         ));
+        // Empty images or channels are errors, an empty batch is not.
+        let cfg = Conv2dConfig {
+            padding: 2,
+            ..Default::default()
+        };
+        let x0 = Tensor::zeros((1, 3, 0, 5), DType::F32, &dev).unwrap();
+        assert!(matches!(
+            conv2d(&x0, &w, None, &cfg),
+            Err(OpsError::ShapeMismatch { .. })
+        ));
+        let w0 = Tensor::zeros((0, 3, 3, 3), DType::F32, &dev).unwrap();
+        assert!(matches!(
+            conv2d(&x, &w0, None, &cfg),
+            Err(OpsError::ShapeMismatch { .. })
+        ));
+        let xb0 = Tensor::zeros((0, 3, 5, 5), DType::F32, &dev).unwrap();
+        let y = conv2d(&xb0, &w, None, &cfg).unwrap();
+        assert_eq!(y.dims(), &[0, 4, 7, 7]);
+        let dw = Tensor::zeros((3, 1, 3, 3), DType::F32, &dev).unwrap();
+        let dcfg = Conv2dConfig { groups: 3, ..cfg };
+        assert_eq!(
+            conv2d(&xb0, &dw, None, &dcfg).unwrap().dims(),
+            &[0, 3, 7, 7]
+        );
     }
 }

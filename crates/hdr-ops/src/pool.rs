@@ -39,6 +39,14 @@ impl PoolGeom {
             }
         };
         let invalid = |reason: String| OpsError::InvalidConfig { op, reason };
+        // Planes are processed as chunks of h*w elements, which must not be empty.
+        if h == 0 || w == 0 {
+            return Err(OpsError::ShapeMismatch {
+                op,
+                expected: "[b, c, h >= 1, w >= 1]".into(),
+                found: x.dims().to_vec(),
+            });
+        }
         if kernel == 0 || stride == 0 {
             return Err(invalid(format!(
                 "kernel ({kernel}) and stride ({stride}) must be >= 1"
