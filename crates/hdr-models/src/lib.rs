@@ -73,6 +73,41 @@ impl ClassifierOutput {
     }
 }
 
+/// The activation map of one layer, from [`Classifier::forward_features`].
+#[derive(Debug, Clone)]
+pub struct FeatureMap {
+    /// Layer name (its parameter prefix), e.g. `blocks.3`.
+    pub name: String,
+    /// `[batch, channels, height, width]`.
+    pub activation: Tensor,
+}
+
+/// Collects feature maps while a model runs, when asked to.
+pub(crate) struct Probe(Option<Vec<FeatureMap>>);
+
+impl Probe {
+    pub(crate) fn off() -> Self {
+        Self(None)
+    }
+
+    pub(crate) fn on() -> Self {
+        Self(Some(Vec::new()))
+    }
+
+    pub(crate) fn record(&mut self, name: impl Into<String>, t: &Tensor) {
+        if let Some(maps) = &mut self.0 {
+            maps.push(FeatureMap {
+                name: name.into(),
+                activation: t.clone(),
+            });
+        }
+    }
+
+    pub(crate) fn into_maps(self) -> Vec<FeatureMap> {
+        self.0.unwrap_or_default()
+    }
+}
+
 /// A digit classifier.
 pub trait Classifier: Send + Sync + std::fmt::Debug {
     /// Runs the model in training (`train = true`: batch statistics, dropout, auxiliary head) or
@@ -88,6 +123,16 @@ pub trait Classifier: Send + Sync + std::fmt::Debug {
     /// `[batch, 1, 28, 28] -> [batch, 10]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.forward_t(x, false)?.logits)
+    }
+
+    /// Evaluation-mode logits and the activation maps after each convolutional stage, in
+    /// order, still in the autograd graph (for feature-map plots, saliency and Grad-CAM).
+    /// Models without convolutions return no maps.
+    ///
+    /// # Shapes
+    /// `[batch, 1, 28, 28] -> [batch, 10]`, maps `[batch, c, h, w]`.
+    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+        Ok((self.forward(x)?, Vec::new()))
     }
 
     /// The configuration that rebuilds this model.

@@ -131,12 +131,17 @@ fn argmax(g: &PoolGeom, x: &[f32], oh: usize, ow: usize) -> usize {
 /// `x` is `[b, c, h, w]`; the result is `[b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1]`
 /// (floor mode). Requires `padding <= kernel / 2`. The gradient goes to the first maximum of
 /// each window (PyTorch's convention); overlapping windows (`kernel > stride`) are supported.
-/// Non-CPU / non-`f32` tensors use candle's `max_pool2d_with_stride`, whose backward (candle
-/// 0.11.1) only supports `kernel == stride` and scales the gradient by `1 / kernel²`.
+/// Non-CPU / non-`f32` tensors with `kernel == stride` and no padding (the usual 2x2/2) run as a
+/// reshape and two max reductions, whose gradient is exact; other shapes use candle's
+/// `max_pool2d_with_stride`, whose backward (candle 0.11.1) only supports `kernel == stride` and
+/// scales the gradient by `1 / kernel²`.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let g = PoolGeom::new(x, kernel, stride, padding, "max_pool2d")?;
     if fast_path(x) {
         return apply(x, MaxPool2d(g));
+    }
+    if kernel == stride && padding == 0 {
+        return Ok(non_overlapping_windows(x, kernel)?.max(5)?.max(3)?);
     }
     let x = if padding > 0 {
         pad_value(x, padding, f32::NEG_INFINITY)?
@@ -149,11 +154,15 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
 /// Average pooling with square `kernel`, `stride` and zero `padding`.
 ///
 /// Padded zeros count towards the average (PyTorch's default `count_include_pad = true`): every
-/// output is the window sum divided by `kernel²`. Requires `padding <= kernel / 2`.
+/// output is the window sum divided by `kernel²`. Requires `padding <= kernel / 2`. Off the fast
+/// path, `kernel == stride` without padding is a reshape and two means (exact gradient).
 pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
     let g = PoolGeom::new(x, kernel, stride, padding, "avg_pool2d")?;
     if fast_path(x) {
         return apply(x, AvgPool2d(g));
+    }
+    if kernel == stride && padding == 0 {
+        return Ok(non_overlapping_windows(x, kernel)?.mean(5)?.mean(3)?);
     }
     let x = if padding > 0 {
         x.pad_with_zeros(2, padding, padding)?
@@ -171,6 +180,20 @@ pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
         return apply(x, GlobalAvgPool2d(g));
     }
     Ok(x.mean((2, 3))?)
+}
+
+/// `[b, c, h, w] -> [b, c, h / k, k, w / k, k]` (floor: a remainder that fits no window is
+/// dropped, as pooling does), so that reductions over dims 5 and 3 pool `k x k` windows with
+/// candle's differentiable reductions.
+fn non_overlapping_windows(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    let x = if oh * k != h || ow * k != w {
+        x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?
+    } else {
+        x.clone()
+    };
+    Ok(x.reshape((b, c, oh, k, ow, k))?)
 }
 
 /// Pads the two spatial dims of `[b, c, h, w]` with a constant (candle only pads with zeros).

@@ -16,7 +16,7 @@ use crate::layers::{
     BatchNorm, Conv, ConvSpec, Pool, Tracer,
 };
 use crate::summary::Summary;
-use crate::{Classifier, ClassifierOutput, ModelConfig};
+use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
 
 /// Configuration of a [`DenseNet`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,19 +176,19 @@ impl DenseNet {
             summary: t.finish(),
         })
     }
-}
 
-impl Classifier for DenseNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+    fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
         check_input("densenet", x, 1, 28, 28)?;
         let mut h = self.stem.forward(x)?;
+        probe.record("stem", &h);
         if self.cfg.stem_pool {
             h = pool(&h, Pool::Avg, 2, 2, 0)?;
         }
-        for (layers, transition) in &self.blocks {
+        for (i, (layers, transition)) in self.blocks.iter().enumerate() {
             for layer in layers {
                 h = layer.forward_t(&h, train)?;
             }
+            probe.record(format!("blocks.{i}"), &h);
             if let Some(tr) = transition {
                 h = tr
                     .conv
@@ -199,6 +199,18 @@ impl Classifier for DenseNet {
         let h = self.final_bn.forward_t(&h, train, Some(Activation::Relu))?;
         let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
+    }
+}
+
+impl Classifier for DenseNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+        self.run(x, train, &mut Probe::off())
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+        let mut probe = Probe::on();
+        let out = self.run(x, false, &mut probe)?;
+        Ok((out.logits, probe.into_maps()))
     }
 
     fn config(&self) -> ModelConfig {

@@ -15,7 +15,7 @@ use crate::layers::{
     apply_linear, check_input, dropout, linear, pool, Activation, Conv, ConvSpec, Pool, Tracer,
 };
 use crate::summary::Summary;
-use crate::{Classifier, ClassifierOutput, ModelConfig};
+use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
 
 /// Configuration of [`LeNet5`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,19 +109,33 @@ impl LeNet5 {
             self.cfg.activation.apply(&y)
         }
     }
-}
 
-impl Classifier for LeNet5 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+    fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
         check_input("lenet5", x, 1, 28, 28)?;
         let act = self.cfg.activation;
-        let h = pool(&self.conv_act(&self.c1, x)?, self.cfg.pool, 2, 2, 0)?;
-        let h = pool(&self.conv_act(&self.c3, &h)?, self.cfg.pool, 2, 2, 0)?;
+        let h = self.conv_act(&self.c1, x)?;
+        probe.record("c1", &h);
+        let h = pool(&h, self.cfg.pool, 2, 2, 0)?;
+        let h = self.conv_act(&self.c3, &h)?;
+        probe.record("c3", &h);
+        let h = pool(&h, self.cfg.pool, 2, 2, 0)?;
         let h = act.apply(&apply_linear(&self.f5, &h.flatten_from(1)?)?)?;
         let h = dropout(&h, self.cfg.dropout, train)?;
         let h = act.apply(&apply_linear(&self.f6, &h)?)?;
         let h = dropout(&h, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.out, &h)?))
+    }
+}
+
+impl Classifier for LeNet5 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+        self.run(x, train, &mut Probe::off())
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+        let mut probe = Probe::on();
+        let out = self.run(x, false, &mut probe)?;
+        Ok((out.logits, probe.into_maps()))
     }
 
     fn config(&self) -> ModelConfig {

@@ -16,7 +16,7 @@ use crate::layers::{
     Tracer,
 };
 use crate::summary::Summary;
-use crate::{Classifier, ClassifierOutput, ModelConfig};
+use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
 
 /// Output channels and stride of the 13 depthwise-separable blocks (Howard et al., Table 1).
 pub const V1_BLOCKS: [(usize, usize); 13] = [
@@ -145,13 +145,8 @@ impl MobileNet {
             summary: t.finish(),
         })
     }
-}
 
-impl Classifier for MobileNet {
-    /// # Shapes
-    /// `[b, 1, 28, 28]` (replicated to 3 channels, as the RGB network expects) or
-    /// `[b, 3, 28, 28]` -> `[b, classes]`.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+    fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
         let x = if x.dims().get(1) == Some(&1) {
             check_input("mobilenet", x, 1, 28, 28)?;
             x.repeat((1, 3, 1, 1))?
@@ -160,11 +155,28 @@ impl Classifier for MobileNet {
             x.clone()
         };
         let mut h = self.stem.forward_t(&x, train)?;
-        for block in &self.blocks {
+        probe.record("stem", &h);
+        for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
+            probe.record(format!("blocks.{i}"), &h);
         }
         let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
+    }
+}
+
+impl Classifier for MobileNet {
+    /// # Shapes
+    /// `[b, 1, 28, 28]` (replicated to 3 channels, as the RGB network expects) or
+    /// `[b, 3, 28, 28]` -> `[b, classes]`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+        self.run(x, train, &mut Probe::off())
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+        let mut probe = Probe::on();
+        let out = self.run(x, false, &mut probe)?;
+        Ok((out.logits, probe.into_maps()))
     }
 
     fn config(&self) -> ModelConfig {

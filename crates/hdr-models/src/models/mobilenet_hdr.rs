@@ -23,7 +23,7 @@ use crate::layers::{
 };
 use crate::models::mobilenet::{scaled, SeparableBlock, V1_BLOCKS, V1_STEM};
 use crate::summary::Summary;
-use crate::{Classifier, ClassifierOutput, ModelConfig};
+use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
 
 /// The auxiliary classifier: 1x1 conv + BN + ReLU, global average pooling, linear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,13 +228,8 @@ impl MobileNetHdr {
             summary: t.finish(),
         })
     }
-}
 
-impl Classifier for MobileNetHdr {
-    /// # Shapes
-    /// `[b, 1, 28, 28] -> [b, classes]`, plus `[b, classes]` auxiliary logits in training mode
-    /// when the auxiliary classifier is on.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+    fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
         check_input("mobilenet_hdr", x, 1, 28, 28)?;
         let x = if self.cfg.grey_input {
             x.clone()
@@ -242,9 +237,11 @@ impl Classifier for MobileNetHdr {
             x.repeat((1, 3, 1, 1))?
         };
         let mut h = self.stem.forward_t(&x, train)?;
+        probe.record("stem", &h);
         let mut aux_logits = None;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
+            probe.record(format!("blocks.{i}"), &h);
             match &self.aux {
                 Some((at, head)) if train && *at == i => {
                     let a = global_avg_pool(&head.conv.forward_t(&h, train)?)?;
@@ -258,6 +255,21 @@ impl Classifier for MobileNetHdr {
             logits: apply_linear(&self.head, &h)?,
             aux_logits,
         })
+    }
+}
+
+impl Classifier for MobileNetHdr {
+    /// # Shapes
+    /// `[b, 1, 28, 28] -> [b, classes]`, plus `[b, classes]` auxiliary logits in training mode
+    /// when the auxiliary classifier is on.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+        self.run(x, train, &mut Probe::off())
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+        let mut probe = Probe::on();
+        let out = self.run(x, false, &mut probe)?;
+        Ok((out.logits, probe.into_maps()))
     }
 
     fn config(&self) -> ModelConfig {

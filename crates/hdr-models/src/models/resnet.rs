@@ -16,7 +16,7 @@ use crate::layers::{
     Tracer,
 };
 use crate::summary::Summary;
-use crate::{Classifier, ClassifierOutput, ModelConfig};
+use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
 
 /// One stage of residual blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,17 +210,29 @@ impl ResNet {
             summary: t.finish(),
         })
     }
+
+    fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
+        check_input("resnet", x, 1, 28, 28)?;
+        let mut h = self.stem.forward_t(x, train)?;
+        probe.record("stem", &h);
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block.forward_t(&h, train)?;
+            probe.record(format!("blocks.{i}"), &h);
+        }
+        let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
+        Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
+    }
 }
 
 impl Classifier for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
-        check_input("resnet", x, 1, 28, 28)?;
-        let mut h = self.stem.forward_t(x, train)?;
-        for block in &self.blocks {
-            h = block.forward_t(&h, train)?;
-        }
-        let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
-        Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
+        self.run(x, train, &mut Probe::off())
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+        let mut probe = Probe::on();
+        let out = self.run(x, false, &mut probe)?;
+        Ok((out.logits, probe.into_maps()))
     }
 
     fn config(&self) -> ModelConfig {
