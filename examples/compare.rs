@@ -1,7 +1,8 @@
 //! The comparative study of the paper: MLPs with 1-3 hidden layers, LeNet-5, ResNet, DenseNet,
 //! MobileNet and MobileNet-HDR (distilled from the wide-ResNet teacher), each trained with the
 //! study's recipe and evaluated on the MNIST test split; prints the results table and writes it
-//! to docs/RESULTS.md.
+//! to docs/RESULTS.md. Each model's checkpoints and history go to `<out-dir>/<model>/`, so an
+//! interrupted study resumes where it stopped.
 //!
 //! `cargo run --release --example compare [-- --epochs N --models a,b --results docs/RESULTS.md]`
 
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 use candle_core::Device;
 use clap::Parser;
 use hdr::data::{Mnist, MnistOptions, SplitConfig};
-use hdr::train::{recipe, teacher_logits, train_and_evaluate, Splits, StudyOutcome, Teacher};
+use hdr::train::{
+    recipe, teacher_logits, train_and_evaluate, Splits, StudyOutcome, Teacher, TrainConfig,
+};
 
 #[derive(Parser)]
 #[command(about = "Train and compare the study's models on MNIST")]
@@ -68,7 +71,10 @@ fn main() -> anyhow::Result<()> {
             Some(t) => {
                 if teacher.is_none() {
                     println!("\n== {t} (teacher)");
-                    let cfg = recipe(&t, a.epochs);
+                    let cfg = TrainConfig {
+                        run_dir: Some(a.out_dir.join(&t)),
+                        ..recipe(&t, a.epochs)
+                    };
                     teacher = Some(train_and_evaluate(
                         &t,
                         &hdr::models::config(&t)?,
@@ -101,7 +107,10 @@ fn main() -> anyhow::Result<()> {
                 ""
             }
         );
-        let cfg = recipe(name, a.epochs);
+        let cfg = TrainConfig {
+            run_dir: Some(a.out_dir.join(name)),
+            ..recipe(name, a.epochs)
+        };
         let outcome =
             train_and_evaluate(name, &config, splits, &cfg, distill.as_ref(), &a.out_dir)?;
         println!(

@@ -9,6 +9,7 @@
 //! - [`models`] (`hdr-models`): the model zoo, its registry, summaries, safetensors files.
 //! - [`ops`] (`hdr-ops`): fast CPU kernels as candle custom ops.
 //! - [`train`] (`hdr-train`): training loop, optimisers, schedules, distillation, evaluation.
+//! - [`viz`] (`hdr-viz`): feature maps, saliency, Grad-CAM, confusion heat maps, training curves.
 //!
 //! Library users usually depend on the individual crates instead.
 #![warn(missing_docs)]
@@ -18,3 +19,4 @@ pub use hdr_metrics as metrics;
 pub use hdr_models as models;
 pub use hdr_ops as ops;
 pub use hdr_train as train;
+pub use hdr_viz as viz;

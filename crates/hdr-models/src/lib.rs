@@ -38,7 +38,7 @@ mod models;
 mod registry;
 mod summary;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 pub use error::{ModelError, Result};
 pub use io::{load, load_bytes, save, LoadedModel, FORMAT};
@@ -80,6 +80,10 @@ pub struct FeatureMap {
     pub name: String,
     /// `[batch, channels, height, width]`.
     pub activation: Tensor,
+    /// A zero variable added to the activation on its way to the next layer: after
+    /// `backward()` of anything computed from the logits, `grads.get(probe.as_tensor())` is the
+    /// gradient with respect to this activation (candle keeps gradients of variables only).
+    pub probe: Var,
 }
 
 /// Collects feature maps while a model runs, when asked to.
@@ -94,12 +98,20 @@ impl Probe {
         Self(Some(Vec::new()))
     }
 
-    pub(crate) fn record(&mut self, name: impl Into<String>, t: &Tensor) {
-        if let Some(maps) = &mut self.0 {
-            maps.push(FeatureMap {
-                name: name.into(),
-                activation: t.clone(),
-            });
+    /// Records `t` (when on) and returns what the next layer should consume.
+    pub(crate) fn tap(&mut self, name: impl Into<String>, t: Tensor) -> Result<Tensor> {
+        match &mut self.0 {
+            None => Ok(t),
+            Some(maps) => {
+                let probe = Var::zeros(t.shape(), t.dtype(), t.device())?;
+                let out = (&t + probe.as_tensor())?;
+                maps.push(FeatureMap {
+                    name: name.into(),
+                    activation: t,
+                    probe,
+                });
+                Ok(out)
+            }
         }
     }
 

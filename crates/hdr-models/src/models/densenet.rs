@@ -180,7 +180,7 @@ impl DenseNet {
     fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
         check_input("densenet", x, 1, 28, 28)?;
         let mut h = self.stem.forward(x)?;
-        probe.record("stem", &h);
+        h = probe.tap("stem", h)?;
         if self.cfg.stem_pool {
             h = pool(&h, Pool::Avg, 2, 2, 0)?;
         }
@@ -188,7 +188,7 @@ impl DenseNet {
             for layer in layers {
                 h = layer.forward_t(&h, train)?;
             }
-            probe.record(format!("blocks.{i}"), &h);
+            h = probe.tap(format!("blocks.{i}"), h)?;
             if let Some(tr) = transition {
                 h = tr
                     .conv

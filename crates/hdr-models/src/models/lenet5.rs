@@ -114,10 +114,10 @@ impl LeNet5 {
         check_input("lenet5", x, 1, 28, 28)?;
         let act = self.cfg.activation;
         let h = self.conv_act(&self.c1, x)?;
-        probe.record("c1", &h);
+        let h = probe.tap("c1", h)?;
         let h = pool(&h, self.cfg.pool, 2, 2, 0)?;
         let h = self.conv_act(&self.c3, &h)?;
-        probe.record("c3", &h);
+        let h = probe.tap("c3", h)?;
         let h = pool(&h, self.cfg.pool, 2, 2, 0)?;
         let h = act.apply(&apply_linear(&self.f5, &h.flatten_from(1)?)?)?;
         let h = dropout(&h, self.cfg.dropout, train)?;

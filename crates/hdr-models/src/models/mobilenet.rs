@@ -155,10 +155,10 @@ impl MobileNet {
             x.clone()
         };
         let mut h = self.stem.forward_t(&x, train)?;
-        probe.record("stem", &h);
+        h = probe.tap("stem", h)?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
-            probe.record(format!("blocks.{i}"), &h);
+            h = probe.tap(format!("blocks.{i}"), h)?;
         }
         let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))

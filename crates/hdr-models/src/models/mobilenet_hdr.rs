@@ -237,11 +237,11 @@ impl MobileNetHdr {
             x.repeat((1, 3, 1, 1))?
         };
         let mut h = self.stem.forward_t(&x, train)?;
-        probe.record("stem", &h);
+        h = probe.tap("stem", h)?;
         let mut aux_logits = None;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
-            probe.record(format!("blocks.{i}"), &h);
+            h = probe.tap(format!("blocks.{i}"), h)?;
             match &self.aux {
                 Some((at, head)) if train && *at == i => {
                     let a = global_avg_pool(&head.conv.forward_t(&h, train)?)?;

@@ -214,10 +214,10 @@ impl ResNet {
     fn run(&self, x: &Tensor, train: bool, probe: &mut Probe) -> Result<ClassifierOutput> {
         check_input("resnet", x, 1, 28, 28)?;
         let mut h = self.stem.forward_t(x, train)?;
-        probe.record("stem", &h);
+        h = probe.tap("stem", h)?;
         for (i, block) in self.blocks.iter().enumerate() {
             h = block.forward_t(&h, train)?;
-            probe.record(format!("blocks.{i}"), &h);
+            h = probe.tap(format!("blocks.{i}"), h)?;
         }
         let h = dropout(&global_avg_pool(&h)?, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
