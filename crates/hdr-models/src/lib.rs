@@ -9,6 +9,7 @@
 //! - A registry by name ([`list`], [`create`], [`config`]) like timm's `create_model`.
 //! - [`Summary`]: per-layer output shapes, parameters and multiply-accumulates.
 //! - [`save`] and [`load`]: safetensors files that carry the model's name and configuration.
+//! - [`Graph`]: each model's evaluation-mode computation as data, for compression and export.
 //! - [`init`]: seeded initialisation and dropout, so that training runs are reproducible.
 //!
 //! Models never read datasets or touch the network.
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod graph;
 pub mod init;
 mod io;
 mod layers;
@@ -41,6 +43,7 @@ mod summary;
 use candle_core::{Tensor, Var};
 
 pub use error::{ModelError, Result};
+pub use graph::{Graph, Node, NodeId};
 pub use io::{load, load_bytes, save, LoadedModel, FORMAT};
 pub use layers::{Activation, Pool};
 pub use models::densenet::{DenseNet, DenseNetConfig};
@@ -146,6 +149,10 @@ pub trait Classifier: Send + Sync + std::fmt::Debug {
     fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
         Ok((self.forward(x)?, Vec::new()))
     }
+
+    /// The evaluation-mode computation as data (no dropout, no auxiliary head), naming the
+    /// parameters it reads; [`Graph::run`] reproduces [`Classifier::forward`].
+    fn graph(&self) -> Graph;
 
     /// The configuration that rebuilds this model.
     fn config(&self) -> ModelConfig;

@@ -477,3 +477,47 @@ fn feature_maps_follow_the_convolutional_stages() -> anyhow::Result<()> {
     assert_eq!(names, ["c1", "c3"]);
     Ok(())
 }
+
+#[test]
+fn graphs_reproduce_the_models_and_name_every_parameter() -> anyhow::Result<()> {
+    let x = input(3, 10)?;
+    let mut configs: Vec<(String, ModelConfig)> = hdr_models::list()
+        .into_iter()
+        .map(|n| Ok((n.to_string(), hdr_models::config(n)?)))
+        .collect::<anyhow::Result<_>>()?;
+    configs.extend(tiny().into_iter().map(|(n, c)| (format!("tiny {n}"), c)));
+    configs.push((
+        "hdr original".into(),
+        ModelConfig::MobileNetHdr(MobileNetHdrConfig::original()),
+    ));
+    for (name, cfg) in configs {
+        let (model, vars) = build(&cfg)?;
+        model.forward_t(&x, true)?; // non-trivial batch-norm statistics
+        let graph = model.graph();
+        let want = model.forward(&x)?;
+        let got = graph.run(&vars, &x)?;
+        let diff = (&want - &got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: graph differs from forward by {diff}"
+        );
+
+        let mut used = graph.parameters();
+        used.sort();
+        let mut all: Vec<String> = vars
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| !k.starts_with("aux."))
+            .cloned()
+            .collect();
+        all.sort();
+        assert_eq!(
+            used, all,
+            "{name}: the graph reads exactly the model's parameters"
+        );
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
     apply_linear, batch_norm, check_input, dropout, global_avg_pool, linear, pool, Activation,
     BatchNorm, Conv, ConvSpec, Pool, Tracer,
@@ -211,6 +212,47 @@ impl Classifier for DenseNet {
         let mut probe = Probe::on();
         let out = self.run(x, false, &mut probe)?;
         Ok((out.logits, probe.into_maps()))
+    }
+
+    fn graph(&self) -> Graph {
+        let cfg = &self.cfg;
+        let mut g = GraphBuilder::new();
+        let mut h = g.conv(0, "stem", false, 1, 1, 1);
+        if cfg.stem_pool {
+            h = g.push(Node::AvgPool {
+                input: h,
+                kernel: 2,
+                stride: 2,
+            });
+        }
+        for (i, &layers) in cfg.blocks.iter().enumerate() {
+            for l in 0..layers {
+                let p = format!("blocks.{i}.{l}");
+                let y = g.bn(h, &format!("{p}.bn1"));
+                let y = g.act(y, Activation::Relu);
+                let y = g.conv(y, &format!("{p}.conv1"), false, 1, 0, 1);
+                let y = g.bn(y, &format!("{p}.bn2"));
+                let y = g.act(y, Activation::Relu);
+                let y = g.conv(y, &format!("{p}.conv2"), false, 1, 1, 1);
+                h = g.push(Node::Concat { inputs: vec![h, y] });
+            }
+            if i + 1 < cfg.blocks.len() {
+                let p = format!("transitions.{i}");
+                let y = g.bn(h, &format!("{p}.bn"));
+                let y = g.act(y, Activation::Relu);
+                let y = g.conv(y, &format!("{p}.conv"), false, 1, 0, 1);
+                h = g.push(Node::AvgPool {
+                    input: y,
+                    kernel: 2,
+                    stride: 2,
+                });
+            }
+        }
+        let h = g.bn(h, "final_bn");
+        let h = g.act(h, Activation::Relu);
+        let h = g.push(Node::GlobalAvgPool { input: h });
+        g.linear(h, "head");
+        g.finish()
     }
 
     fn config(&self) -> ModelConfig {

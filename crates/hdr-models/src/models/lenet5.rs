@@ -11,6 +11,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
     apply_linear, check_input, dropout, linear, pool, Activation, Conv, ConvSpec, Pool, Tracer,
 };
@@ -136,6 +137,36 @@ impl Classifier for LeNet5 {
         let mut probe = Probe::on();
         let out = self.run(x, false, &mut probe)?;
         Ok((out.logits, probe.into_maps()))
+    }
+
+    fn graph(&self) -> Graph {
+        let (act, pool) = (self.cfg.activation, self.cfg.pool);
+        let pool_node = |input| match pool {
+            Pool::Max => Node::MaxPool {
+                input,
+                kernel: 2,
+                stride: 2,
+            },
+            Pool::Avg => Node::AvgPool {
+                input,
+                kernel: 2,
+                stride: 2,
+            },
+        };
+        let mut g = GraphBuilder::new();
+        let h = g.conv(0, "c1", true, 1, 2, 1);
+        let h = g.act(h, act);
+        let h = g.push(pool_node(h));
+        let h = g.conv(h, "c3", true, 1, 0, 1);
+        let h = g.act(h, act);
+        let h = g.push(pool_node(h));
+        let h = g.push(Node::Flatten { input: h });
+        let h = g.linear(h, "f5");
+        let h = g.act(h, act);
+        let h = g.linear(h, "f6");
+        let h = g.act(h, act);
+        g.linear(h, "out");
+        g.finish()
     }
 
     fn config(&self) -> ModelConfig {

@@ -8,6 +8,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{apply_linear, check_input, dropout, linear, Activation, Tracer};
 use crate::summary::Summary;
 use crate::{Classifier, ClassifierOutput, ModelConfig};
@@ -111,6 +112,17 @@ impl Classifier for Mlp {
             h = dropout(&h, self.cfg.dropout, train)?;
         }
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
+    }
+
+    fn graph(&self) -> Graph {
+        let mut g = GraphBuilder::new();
+        let mut h = g.push(Node::Flatten { input: 0 });
+        for i in 0..self.hidden.len() {
+            h = g.linear(h, &format!("fc{i}"));
+            h = g.act(h, self.cfg.activation);
+        }
+        g.linear(h, "head");
+        g.finish()
     }
 
     fn config(&self) -> ModelConfig {

@@ -11,6 +11,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
     apply_linear, check_input, dropout, global_avg_pool, linear, Activation, ConvBn, ConvSpec,
     Tracer,
@@ -179,6 +180,23 @@ impl Classifier for MobileNet {
         Ok((out.logits, probe.into_maps()))
     }
 
+    fn graph(&self) -> Graph {
+        let mut g = GraphBuilder::new();
+        let x = g.push(Node::Repeat3 { input: 0 });
+        let h = g.conv_bn(x, "stem", 2, 1, 1, Some(Activation::Relu));
+        let strides: Vec<usize> = V1_BLOCKS.iter().map(|b| b.1).collect();
+        let h = separable_graph(
+            &mut g,
+            h,
+            scaled(V1_STEM, self.cfg.width),
+            self.cfg.width,
+            &strides,
+        );
+        let h = g.push(Node::GlobalAvgPool { input: h });
+        g.linear(h, "head");
+        g.finish()
+    }
+
     fn config(&self) -> ModelConfig {
         ModelConfig::MobileNet(self.cfg.clone())
     }
@@ -186,4 +204,35 @@ impl Classifier for MobileNet {
     fn summary(&self) -> &Summary {
         &self.summary
     }
+}
+
+/// The 13 separable blocks as graph nodes: depthwise 3x3 (groups = channels), pointwise 1x1,
+/// each with batch norm and ReLU; `strides[i]` is block i's stride.
+pub(crate) fn separable_graph(
+    g: &mut GraphBuilder,
+    mut h: usize,
+    mut c: usize,
+    width: f32,
+    strides: &[usize],
+) -> usize {
+    for (i, &(out, _)) in V1_BLOCKS.iter().enumerate() {
+        h = g.conv_bn(
+            h,
+            &format!("blocks.{i}.dw"),
+            strides[i],
+            1,
+            c,
+            Some(Activation::Relu),
+        );
+        h = g.conv_bn(
+            h,
+            &format!("blocks.{i}.pw"),
+            1,
+            0,
+            1,
+            Some(Activation::Relu),
+        );
+        c = scaled(out, width);
+    }
+    h
 }

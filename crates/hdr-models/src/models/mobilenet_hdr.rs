@@ -17,11 +17,12 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
     apply_linear, check_input, dropout, global_avg_pool, linear, Activation, ConvBn, ConvSpec,
     Tracer,
 };
-use crate::models::mobilenet::{scaled, SeparableBlock, V1_BLOCKS, V1_STEM};
+use crate::models::mobilenet::{scaled, separable_graph, SeparableBlock, V1_BLOCKS, V1_STEM};
 use crate::summary::Summary;
 use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
 
@@ -270,6 +271,30 @@ impl Classifier for MobileNetHdr {
         let mut probe = Probe::on();
         let out = self.run(x, false, &mut probe)?;
         Ok((out.logits, probe.into_maps()))
+    }
+
+    fn graph(&self) -> Graph {
+        let cfg = &self.cfg;
+        let w = cfg.width * cfg.channel_boost;
+        let mut g = GraphBuilder::new();
+        let x = if cfg.grey_input {
+            0
+        } else {
+            g.push(Node::Repeat3 { input: 0 })
+        };
+        let h = g.conv_bn(
+            x,
+            "stem",
+            cfg.stride(usize::MAX),
+            1,
+            1,
+            Some(Activation::Relu),
+        );
+        let strides: Vec<usize> = (0..V1_BLOCKS.len()).map(|i| cfg.stride(i)).collect();
+        let h = separable_graph(&mut g, h, scaled(V1_STEM, w), w, &strides);
+        let h = g.push(Node::GlobalAvgPool { input: h });
+        g.linear(h, "head");
+        g.finish()
     }
 
     fn config(&self) -> ModelConfig {

@@ -11,6 +11,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
     apply_linear, check_input, dropout, global_avg_pool, linear, Activation, ConvBn, ConvSpec,
     Tracer,
@@ -233,6 +234,38 @@ impl Classifier for ResNet {
         let mut probe = Probe::on();
         let out = self.run(x, false, &mut probe)?;
         Ok((out.logits, probe.into_maps()))
+    }
+
+    fn graph(&self) -> Graph {
+        let mut g = GraphBuilder::new();
+        let mut h = g.conv_bn(0, "stem", 1, 1, 1, Some(Activation::Relu));
+        let mut c_in = self.cfg.stem;
+        for (s, stage) in self.cfg.stages.iter().enumerate() {
+            for b in 0..stage.blocks {
+                let stride = if b == 0 { stage.stride } else { 1 };
+                let p = format!("stages.{s}.{b}");
+                let y = g.conv_bn(
+                    h,
+                    &format!("{p}.conv1"),
+                    stride,
+                    1,
+                    1,
+                    Some(Activation::Relu),
+                );
+                let y = g.conv_bn(y, &format!("{p}.conv2"), 1, 1, 1, None);
+                let skip = if stride != 1 || c_in != stage.channels {
+                    g.conv_bn(h, &format!("{p}.shortcut"), stride, 0, 1, None)
+                } else {
+                    h
+                };
+                let sum = g.push(Node::Add { a: y, b: skip });
+                h = g.act(sum, Activation::Relu);
+                c_in = stage.channels;
+            }
+        }
+        let h = g.push(Node::GlobalAvgPool { input: h });
+        g.linear(h, "head");
+        g.finish()
     }
 
     fn config(&self) -> ModelConfig {

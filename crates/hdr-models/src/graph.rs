@@ -1,0 +1,362 @@
+//! A model as data: the evaluation-mode computation of each zoo model as a list of nodes that
+//! name their parameters. Compression (int8 kernels, pruning) and export interpret this instead
+//! of reaching into each model's private layers.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::layers::Activation;
+
+/// Index of a node in [`Graph::nodes`]; node 0 is the input.
+pub type NodeId = usize;
+
+/// One operation of a [`Graph`]. Parameters are referred to by their safetensors names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Node {
+    /// The `[b, 1, 28, 28]` input.
+    Input,
+    /// The grey input replicated to 3 channels.
+    Repeat3 {
+        /// Input node.
+        input: NodeId,
+    },
+    /// 2-D convolution; `weight` is `[out, in / groups, k, k]`.
+    Conv {
+        /// Input node.
+        input: NodeId,
+        /// Weight tensor name.
+        weight: String,
+        /// Bias tensor name.
+        bias: Option<String>,
+        /// Stride.
+        stride: usize,
+        /// Zero padding.
+        padding: usize,
+        /// Channel groups (1, or the channel count for depthwise).
+        groups: usize,
+    },
+    /// Batch norm with running statistics: `prefix.{weight,bias,running_mean,running_var}`,
+    /// eps 1e-5.
+    BatchNorm {
+        /// Input node.
+        input: NodeId,
+        /// Parameter prefix.
+        prefix: String,
+    },
+    /// Element-wise non-linearity.
+    Activation {
+        /// Input node.
+        input: NodeId,
+        /// Which.
+        activation: Activation,
+    },
+    /// Max pooling, no padding.
+    MaxPool {
+        /// Input node.
+        input: NodeId,
+        /// Window.
+        kernel: usize,
+        /// Step.
+        stride: usize,
+    },
+    /// Average pooling, no padding.
+    AvgPool {
+        /// Input node.
+        input: NodeId,
+        /// Window.
+        kernel: usize,
+        /// Step.
+        stride: usize,
+    },
+    /// `[b, c, h, w] -> [b, c]`.
+    GlobalAvgPool {
+        /// Input node.
+        input: NodeId,
+    },
+    /// `[b, ...] -> [b, n]`.
+    Flatten {
+        /// Input node.
+        input: NodeId,
+    },
+    /// `x W^T + b`, `weight` `[out, in]`.
+    Linear {
+        /// Input node.
+        input: NodeId,
+        /// Weight tensor name.
+        weight: String,
+        /// Bias tensor name.
+        bias: String,
+    },
+    /// Element-wise sum (residual connections).
+    Add {
+        /// First input.
+        a: NodeId,
+        /// Second input.
+        b: NodeId,
+    },
+    /// Concatenation along channels (dense connections).
+    Concat {
+        /// Inputs, in order.
+        inputs: Vec<NodeId>,
+    },
+}
+
+impl Node {
+    /// The nodes this one reads.
+    pub fn inputs(&self) -> Vec<NodeId> {
+        match self {
+            Self::Input => vec![],
+            Self::Repeat3 { input }
+            | Self::Conv { input, .. }
+            | Self::BatchNorm { input, .. }
+            | Self::Activation { input, .. }
+            | Self::MaxPool { input, .. }
+            | Self::AvgPool { input, .. }
+            | Self::GlobalAvgPool { input }
+            | Self::Flatten { input }
+            | Self::Linear { input, .. } => vec![*input],
+            Self::Add { a, b } => vec![*a, *b],
+            Self::Concat { inputs } => inputs.clone(),
+        }
+    }
+}
+
+/// The evaluation-mode computation of a model: nodes in execution order (each reads only
+/// earlier nodes); the last node is the logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    /// Nodes; `nodes[0]` is [`Node::Input`].
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// Runs the graph in f32 with candle's own operations, reading parameters from `vars`: the
+    /// reference that faster interpreters (e.g. int8) are checked against.
+    ///
+    /// # Shapes
+    /// `[b, 1, 28, 28] -> [b, classes]`.
+    pub fn run(&self, vars: &VarMap, x: &Tensor) -> Result<Tensor> {
+        let data = vars.data().lock().map_err(|_| ModelError::InvalidConfig {
+            model: "varmap",
+            reason: "the variable map's lock is poisoned".into(),
+        })?;
+        let get = |name: &str| -> Result<Tensor> {
+            data.get(name)
+                .map(|v: &Var| v.as_tensor().clone())
+                .ok_or_else(|| ModelError::InvalidConfig {
+                    model: "graph",
+                    reason: format!("no parameter {name}"),
+                })
+        };
+        self.run_with(x, &get)
+    }
+
+    /// [`Graph::run`] with parameters from any lookup (e.g. dequantised or pruned tensors).
+    pub fn run_with(&self, x: &Tensor, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Tensor> {
+        let mut values: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let arg = |k: NodeId| -> Result<&Tensor> {
+                values
+                    .get(k)
+                    .filter(|_| k < i)
+                    .ok_or_else(|| ModelError::InvalidConfig {
+                        model: "graph",
+                        reason: format!("node {i} reads node {k}, which does not precede it"),
+                    })
+            };
+            let v = match node {
+                Node::Input => x.clone(),
+                Node::Repeat3 { input } => arg(*input)?.repeat((1, 3, 1, 1))?,
+                Node::Conv {
+                    input,
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    groups,
+                } => {
+                    let y = arg(*input)?.conv2d(&get(weight)?, *padding, *stride, 1, *groups)?;
+                    match bias {
+                        Some(b) => y.broadcast_add(&get(b)?.reshape((1, (), 1, 1))?)?,
+                        None => y,
+                    }
+                }
+                Node::BatchNorm { input, prefix } => {
+                    let (w, b) = (
+                        get(&format!("{prefix}.weight"))?,
+                        get(&format!("{prefix}.bias"))?,
+                    );
+                    let (m, var) = (
+                        get(&format!("{prefix}.running_mean"))?,
+                        get(&format!("{prefix}.running_var"))?,
+                    );
+                    let scale = (w / (var + 1e-5)?.sqrt()?)?;
+                    let shift = (b - (m * &scale)?)?;
+                    arg(*input)?
+                        .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
+                        .broadcast_add(&shift.reshape((1, (), 1, 1))?)?
+                }
+                Node::Activation { input, activation } => activation.apply(arg(*input)?)?,
+                Node::MaxPool {
+                    input,
+                    kernel,
+                    stride,
+                } => arg(*input)?.max_pool2d_with_stride(*kernel, *stride)?,
+                Node::AvgPool {
+                    input,
+                    kernel,
+                    stride,
+                } => arg(*input)?.avg_pool2d_with_stride(*kernel, *stride)?,
+                Node::GlobalAvgPool { input } => arg(*input)?.mean((2, 3))?,
+                Node::Flatten { input } => arg(*input)?.flatten_from(1)?,
+                Node::Linear {
+                    input,
+                    weight,
+                    bias,
+                } => arg(*input)?
+                    .matmul(&get(weight)?.t()?)?
+                    .broadcast_add(&get(bias)?)?,
+                Node::Add { a, b } => (arg(*a)? + arg(*b)?)?,
+                Node::Concat { inputs } => {
+                    let parts = inputs
+                        .iter()
+                        .map(|&k| arg(k).cloned())
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::cat(&parts, 1)?
+                }
+            };
+            values.push(v);
+        }
+        values.pop().ok_or_else(|| ModelError::InvalidConfig {
+            model: "graph",
+            reason: "empty graph".into(),
+        })
+    }
+
+    /// Names of every parameter the graph reads.
+    pub fn parameters(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            match n {
+                Node::Conv { weight, bias, .. } => {
+                    out.push(weight.clone());
+                    out.extend(bias.clone());
+                }
+                Node::BatchNorm { prefix, .. } => {
+                    for s in ["weight", "bias", "running_mean", "running_var"] {
+                        out.push(format!("{prefix}.{s}"));
+                    }
+                }
+                Node::Linear { weight, bias, .. } => {
+                    out.push(weight.clone());
+                    out.push(bias.clone());
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// How many nodes read each node (for fusion passes).
+    pub fn consumers(&self) -> HashMap<NodeId, usize> {
+        let mut c = HashMap::new();
+        for n in &self.nodes {
+            for i in n.inputs() {
+                *c.entry(i).or_insert(0) += 1;
+            }
+        }
+        c
+    }
+}
+
+/// Appends nodes; used by the models to describe themselves.
+#[derive(Debug)]
+pub(crate) struct GraphBuilder {
+    nodes: Vec<Node>,
+}
+
+impl GraphBuilder {
+    pub fn new() -> Self {
+        Self {
+            nodes: vec![Node::Input],
+        }
+    }
+
+    pub fn push(&mut self, n: Node) -> NodeId {
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+
+    pub fn conv(
+        &mut self,
+        input: NodeId,
+        prefix: &str,
+        bias: bool,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    ) -> NodeId {
+        self.push(Node::Conv {
+            input,
+            weight: format!("{prefix}.weight"),
+            bias: bias.then(|| format!("{prefix}.bias")),
+            stride,
+            padding,
+            groups,
+        })
+    }
+
+    pub fn bn(&mut self, input: NodeId, prefix: &str) -> NodeId {
+        self.push(Node::BatchNorm {
+            input,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn act(&mut self, input: NodeId, activation: Activation) -> NodeId {
+        self.push(Node::Activation { input, activation })
+    }
+
+    /// Convolution without bias, batch norm, optional activation: `prefix.conv`, `prefix.bn`.
+    pub fn conv_bn(
+        &mut self,
+        input: NodeId,
+        prefix: &str,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+        act: Option<Activation>,
+    ) -> NodeId {
+        let c = self.conv(
+            input,
+            &format!("{prefix}.conv"),
+            false,
+            stride,
+            padding,
+            groups,
+        );
+        let b = self.bn(c, &format!("{prefix}.bn"));
+        match act {
+            Some(a) => self.act(b, a),
+            None => b,
+        }
+    }
+
+    pub fn linear(&mut self, input: NodeId, prefix: &str) -> NodeId {
+        self.push(Node::Linear {
+            input,
+            weight: format!("{prefix}.weight"),
+            bias: format!("{prefix}.bias"),
+        })
+    }
+
+    pub fn finish(self) -> Graph {
+        Graph { nodes: self.nodes }
+    }
+}
