@@ -8,7 +8,8 @@
 //!   ([`SplitConfig`]); per-epoch shuffled [`Batches`] of candle tensors `[b, 1, 28, 28]`.
 //! - [`augment`]: random affine warps (rotation, translation, scaling) and elastic distortion,
 //!   deterministic per `(seed, epoch, index)` whatever the thread count.
-//! - [`preprocess`]: turning a photo or scan of a digit into an MNIST-style 28x28 image.
+//! - [`preprocess`]: turning a photo or scan of a digit into an MNIST-style 28x28 image;
+//!   [`segment`]: splitting a number (a postcode, an amount) into its digits, left to right.
 //!
 //! ```no_run
 //! use hdr_data::{BatchConfig, Mnist, SplitConfig};
@@ -37,6 +38,7 @@ pub mod idx;
 mod mnist;
 pub mod preprocess;
 pub mod rng;
+pub mod segment;
 
 pub use augment::{AffineWarp, Augment, Compose, ElasticDistortion, RandomAffine};
 pub use batch::{

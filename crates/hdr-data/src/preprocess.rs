@@ -198,7 +198,12 @@ pub fn to_unit_f32(pixels: &[u8]) -> Vec<f32> {
     pixels.iter().map(|&p| f32::from(p) / 255.0).collect()
 }
 
-fn check_size(width: u32, height: u32, cfg: &PreprocessConfig, path: &Path) -> Result<()> {
+pub(crate) fn check_size(
+    width: u32,
+    height: u32,
+    cfg: &PreprocessConfig,
+    path: &Path,
+) -> Result<()> {
     let reason = if width == 0 || height == 0 {
         Some("width and height must be at least 1")
     } else if u64::from(width) * u64::from(height) > cfg.max_pixels {
@@ -263,6 +268,22 @@ fn border(g: &[f32], w: usize, h: usize) -> Vec<f32> {
 
 /// The whole procedure on a decoded image whose size has been checked.
 fn normalise(img: &DynamicImage, cfg: &PreprocessConfig, path: &Path) -> Result<Vec<u8>> {
+    let ink = ink_map(img, cfg, path)?;
+    let bbox = ink_box(&ink.g, ink.w, cfg.ink_threshold).ok_or_else(|| DataError::EmptyImage {
+        path: path.to_path_buf(),
+    })?;
+    fit(&ink.g, ink.w, bbox, cfg, path)
+}
+
+/// An image as ink intensities in `[0, 1]` (0 = background), after polarity and contrast.
+pub(crate) struct InkMap {
+    pub g: Vec<f32>,
+    pub w: usize,
+    pub h: usize,
+}
+
+/// Steps 1-3: grey, polarity, contrast (and pixelation removal).
+pub(crate) fn ink_map(img: &DynamicImage, cfg: &PreprocessConfig, path: &Path) -> Result<InkMap> {
     let (mut w, mut h) = (img.width() as usize, img.height() as usize);
     let mut g = grey(img);
     if let Some(blocks) = Blocks::detect(&g, w, h) {
@@ -307,8 +328,22 @@ fn normalise(img: &DynamicImage, cfg: &PreprocessConfig, path: &Path) -> Result<
     for p in &mut g {
         *p = ((to_ink(*p) - black) / contrast).clamp(0.0, 1.0);
     }
+    Ok(InkMap { g, w, h })
+}
 
-    let (x0, y0, x1, y1) = ink_box(&g, w, cfg.ink_threshold).ok_or_else(empty)?;
+/// Steps 5-6: the ink inside the inclusive box `(x0, y0, x1, y1)` of `g` (width `w`), fitted
+/// into `box_size` and placed by its centre of mass in the `canvas` square.
+pub(crate) fn fit(
+    g: &[f32],
+    w: usize,
+    bbox: (usize, usize, usize, usize),
+    cfg: &PreprocessConfig,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let empty = || DataError::EmptyImage {
+        path: path.to_path_buf(),
+    };
+    let (x0, y0, x1, y1) = bbox;
     let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
     let scale = f64::from(cfg.box_size) / bw.max(bh) as f64;
     let ow = ((bw as f64 * scale).round() as usize).clamp(1, cfg.box_size as usize);
@@ -329,7 +364,6 @@ fn normalise(img: &DynamicImage, cfg: &PreprocessConfig, path: &Path) -> Result<
                 .sum();
         }
     }
-    drop(g);
     let mut fitted = vec![0f32; ow * oh];
     for (out, taps) in fitted.chunks_exact_mut(ow).zip(&ytaps) {
         for (k, src) in taps

@@ -306,17 +306,9 @@ impl BatchNorm {
             self.running_var.set(&rv)?;
             out.y
         } else {
-            let c = self.weight.dim(0)?;
             let scale = (&self.weight / (self.running_var.as_tensor() + BN_EPS)?.sqrt()?)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            let y = x
-                .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
-                .broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
-            if fused.is_some() {
-                y.relu()?
-            } else {
-                y
-            }
+            hdr_ops::channel_affine2d(x, &scale, &shift, fused.unwrap_or_default())?
         };
         match act {
             Some(a) if fused.is_none() => a.apply(&y),

@@ -8,7 +8,8 @@
 //!   training mode. Inputs are `[batch, 1, 28, 28]` f32.
 //! - A registry by name ([`list`], [`create`], [`config`]) like timm's `create_model`.
 //! - [`Summary`]: per-layer output shapes, parameters and multiply-accumulates.
-//! - [`save`] and [`load`]: safetensors files that carry the model's name and configuration.
+//! - [`save`] and [`load`]: safetensors files that carry the model's name and configuration;
+//!   [`pretrained`]: weights trained by this project, shipped in the crate.
 //! - [`Graph`]: each model's evaluation-mode computation as data, for compression and export.
 //! - [`init`]: seeded initialisation and dropout, so that training runs are reproducible.
 //!
@@ -37,6 +38,8 @@ pub mod init;
 mod io;
 mod layers;
 mod models;
+mod predict;
+mod pretrained;
 mod registry;
 mod summary;
 
@@ -54,6 +57,8 @@ pub use models::mobilenet_hdr::{
     AuxClassifierConfig, MobileNetHdr, MobileNetHdrConfig, Modification,
 };
 pub use models::resnet::{ResNet, ResNetConfig, Stage};
+pub use predict::{predict, Prediction};
+pub use pretrained::{pretrained, pretrained_names};
 pub use registry::{config, create, list, models, ModelConfig, ModelInfo};
 pub use summary::{LayerSummary, Summary};
 
