@@ -7,9 +7,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::data::{Mnist, MnistOptions, SplitConfig};
 use hdr::models::{MobileNetHdrConfig, ModelConfig, Modification};
-use hdr::train::{recipe, teacher_logits, train_and_evaluate, Splits, Teacher};
+use hdr::train::{recipe, teacher_logits, train_and_evaluate, StudyData, Teacher};
 
 #[derive(Parser)]
 #[command(about = "Remove each of MobileNet-HDR's modifications in turn and measure the cost")]
@@ -36,23 +35,12 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = Device::Cpu;
-    let mnist = Mnist::load_with(&MnistOptions {
-        dir: a.data.clone(),
-        ..MnistOptions::default()
-    })?;
-    let (mut train, val) = mnist.train.split(&SplitConfig::default())?;
-    if let Some(n) = a.train_subset {
-        train = train.head(n);
-    }
-    let splits = Splits {
-        train: &train,
-        val: &val,
-        test: &mnist.test,
-    };
+    let data = StudyData::load(a.data.clone(), a.train_subset)?;
+    let splits = data.splits();
     let teacher = hdr::models::load(&a.teacher, &device)?;
     let logits = teacher_logits(
         teacher.model.as_ref(),
-        &train,
+        &data.train,
         Default::default(),
         None,
         &device,

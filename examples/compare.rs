@@ -10,9 +10,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::data::{Mnist, MnistOptions, SplitConfig};
 use hdr::train::{
-    recipe, teacher_logits, train_and_evaluate, Splits, StudyOutcome, Teacher, TrainConfig,
+    recipe, teacher_logits, train_and_evaluate, StudyData, StudyOutcome, Teacher, TrainConfig,
 };
 
 #[derive(Parser)]
@@ -45,19 +44,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = Device::Cpu;
-    let mnist = Mnist::load_with(&MnistOptions {
-        dir: a.data.clone(),
-        ..MnistOptions::default()
-    })?;
-    let (mut train, val) = mnist.train.split(&SplitConfig::default())?;
-    if let Some(n) = a.train_subset {
-        train = train.head(n);
-    }
-    let splits = Splits {
-        train: &train,
-        val: &val,
-        test: &mnist.test,
-    };
+    let data = StudyData::load(a.data.clone(), a.train_subset)?;
+    let splits = data.splits();
     let started = std::time::Instant::now();
     let mut outcomes: Vec<StudyOutcome> = Vec::new();
     let mut teacher: Option<StudyOutcome> = None;
@@ -90,7 +78,7 @@ fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_file(&cache);
                 let logits = teacher_logits(
                     loaded.model.as_ref(),
-                    &train,
+                    &data.train,
                     Default::default(),
                     Some(&cache),
                     &device,

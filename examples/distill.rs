@@ -7,8 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::data::{Mnist, MnistOptions, SplitConfig};
-use hdr::train::{recipe, teacher_logits, train_and_evaluate, DistillConfig, Splits, Teacher};
+use hdr::train::{recipe, teacher_logits, train_and_evaluate, DistillConfig, StudyData, Teacher};
 
 #[derive(Parser)]
 #[command(about = "Train a student with and without distillation from a teacher")]
@@ -42,26 +41,15 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = Device::Cpu;
-    let mnist = Mnist::load_with(&MnistOptions {
-        dir: a.data.clone(),
-        ..MnistOptions::default()
-    })?;
-    let (mut train, val) = mnist.train.split(&SplitConfig::default())?;
-    if let Some(n) = a.train_subset {
-        train = train.head(n);
-    }
-    let splits = Splits {
-        train: &train,
-        val: &val,
-        test: &mnist.test,
-    };
+    let data = StudyData::load(a.data.clone(), a.train_subset)?;
+    let splits = data.splits();
     let loaded = hdr::models::load(&a.teacher, &device)?;
     let teacher = if a.live {
         Teacher::Model(loaded.model.as_ref())
     } else {
         Teacher::Logits(teacher_logits(
             loaded.model.as_ref(),
-            &train,
+            &data.train,
             Default::default(),
             None,
             &device,
@@ -93,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let (t_report, _) = hdr::train::evaluate(
         loaded.model.as_ref(),
-        &mnist.test,
+        &data.test,
         &loaded.name,
         "test",
         Default::default(),

@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     };
     // Batches of 256 files: preprocessing in parallel, then one model call per batch.
     for chunk in files.chunks(256) {
-        let prepared: Vec<(PathBuf, Result<Vec<Vec<u8>>, String>)> = chunk
+        let prepared: Vec<(PathBuf, Prepared)> = chunk
             .par_iter()
             .map(|f| {
                 let digits = if a.number {
@@ -88,6 +88,9 @@ fn main() -> anyhow::Result<()> {
     bar.finish_and_clear();
     Ok(())
 }
+
+/// The 28x28 digits found in one file, or why none could be read.
+type Prepared = Result<Vec<Vec<u8>>, String>;
 
 fn collect(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -32,6 +32,23 @@
 //! ```
 #![warn(missing_docs)]
 
+/// `forward_t` and `forward_features` for a model whose inherent
+/// `run(&self, x, train, &mut Probe)` does the work.
+macro_rules! probed_forward {
+    () => {
+        fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
+            self.run(x, train, &mut Probe::off())
+        }
+
+        fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
+            let mut probe = Probe::on();
+            let out = self.run(x, false, &mut probe)?;
+            Ok((out.logits, probe.into_maps()))
+        }
+    };
+}
+pub(crate) use probed_forward;
+
 mod error;
 mod graph;
 pub mod init;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
-use hdr_data::Dataset;
+use hdr_data::{Dataset, Mnist, MnistOptions, SplitConfig};
 use hdr_metrics::{format_duration, Average, ClassificationReport, ComparisonTable};
 use hdr_models::ModelConfig;
 
@@ -24,6 +24,47 @@ pub struct Splits<'a> {
     pub val: &'a Dataset,
     /// Test samples (reported, never used to choose anything).
     pub test: &'a Dataset,
+}
+
+/// MNIST split for a study: 55k training and 5k validation images (stratified, seed 0) out of
+/// the training set, and the test set.
+#[derive(Debug, Clone)]
+pub struct StudyData {
+    /// Training samples (after the split and the optional subset).
+    pub train: Dataset,
+    /// Validation samples.
+    pub val: Dataset,
+    /// The 10k test samples.
+    pub test: Dataset,
+}
+
+impl StudyData {
+    /// Loads MNIST (from `dir`, else `HDR_DATA_DIR`, `datasets/mnist/` or a download) and splits
+    /// it; `train_subset` keeps only the first samples of the training part, for quick trials.
+    pub fn load(dir: Option<PathBuf>, train_subset: Option<usize>) -> Result<Self> {
+        let mnist = Mnist::load_with(&MnistOptions {
+            dir,
+            ..MnistOptions::default()
+        })?;
+        let (mut train, val) = mnist.train.split(&SplitConfig::default())?;
+        if let Some(n) = train_subset {
+            train = train.head(n);
+        }
+        Ok(Self {
+            train,
+            val,
+            test: mnist.test,
+        })
+    }
+
+    /// The three splits, borrowed.
+    pub fn splits(&self) -> Splits<'_> {
+        Splits {
+            train: &self.train,
+            val: &self.val,
+            test: &self.test,
+        }
+    }
 }
 
 /// What one study entry produced.

@@ -41,7 +41,7 @@ fn saliency_and_grad_cam_are_maps_in_unit_range() -> anyhow::Result<()> {
             assert!(e.probability > 0.0 && e.probability <= 1.0);
         }
         assert!(
-            s.map.iter().any(|&v| v == 1.0),
+            s.map.contains(&1.0),
             "{name}: saliency is normalised to a maximum of 1"
         );
     }

@@ -204,15 +204,7 @@ impl DenseNet {
 }
 
 impl Classifier for DenseNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
-        self.run(x, train, &mut Probe::off())
-    }
-
-    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
-        let mut probe = Probe::on();
-        let out = self.run(x, false, &mut probe)?;
-        Ok((out.logits, probe.into_maps()))
-    }
+    crate::probed_forward!();
 
     fn graph(&self) -> Graph {
         let cfg = &self.cfg;

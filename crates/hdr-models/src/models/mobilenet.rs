@@ -167,18 +167,7 @@ impl MobileNet {
 }
 
 impl Classifier for MobileNet {
-    /// # Shapes
-    /// `[b, 1, 28, 28]` (replicated to 3 channels, as the RGB network expects) or
-    /// `[b, 3, 28, 28]` -> `[b, classes]`.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput> {
-        self.run(x, train, &mut Probe::off())
-    }
-
-    fn forward_features(&self, x: &Tensor) -> Result<(Tensor, Vec<FeatureMap>)> {
-        let mut probe = Probe::on();
-        let out = self.run(x, false, &mut probe)?;
-        Ok((out.logits, probe.into_maps()))
-    }
+    crate::probed_forward!();
 
     fn graph(&self) -> Graph {
         let mut g = GraphBuilder::new();
