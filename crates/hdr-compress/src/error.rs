@@ -1,0 +1,87 @@
+use std::path::PathBuf;
+
+/// Errors from quantizing, running, saving, loading and pruning models.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompressError {
+    /// A setting makes no sense.
+    #[error("invalid {name} = {value}: {reason}")]
+    InvalidConfig {
+        /// Setting.
+        name: &'static str,
+        /// Value given.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// The graph holds something the integer path cannot run.
+    #[error("graph node {node}: {reason}")]
+    Unsupported {
+        /// Index of the node in the graph (or of the op in a quantized model).
+        node: usize,
+        /// What is not supported.
+        reason: String,
+    },
+
+    /// A parameter the graph names is not in the variable map.
+    #[error("no parameter {name:?} in the variable map")]
+    MissingParameter {
+        /// Its name.
+        name: String,
+    },
+
+    /// A parameter has a shape the graph cannot use.
+    #[error("parameter {name:?} has shape {found:?}, expected {expected}")]
+    BadParameter {
+        /// Its name.
+        name: String,
+        /// What was expected, in words.
+        expected: String,
+        /// Shape found.
+        found: Vec<usize>,
+    },
+
+    /// An input tensor has the wrong shape or type.
+    #[error("expected input {expected}, got shape {found:?}")]
+    BadInput {
+        /// What was expected, in words.
+        expected: String,
+        /// Shape found.
+        found: Vec<usize>,
+    },
+
+    /// A quantized-model file is malformed.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An operating-system error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An error from the model zoo.
+    #[error(transparent)]
+    Model(#[from] hdr_models::ModelError),
+
+    /// An error from training (fine-tuning after pruning).
+    #[error(transparent)]
+    Train(#[from] hdr_train::TrainError),
+
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// `Result` with [`CompressError`].
+pub type Result<T> = std::result::Result<T, CompressError>;

@@ -1,0 +1,1469 @@
+//! A model quantized to int8 and run in integers: built from a [`Graph`], its parameters and
+//! calibration batches.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use hdr_models::{Activation, Graph, Node, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CompressError, Result};
+use crate::kernels::{self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale};
+use crate::quant::{quantize_per_channel, Observer, QuantParams, RangeObserver};
+
+/// Batch-norm epsilon of the zoo.
+const BN_EPS: f32 = 1e-5;
+
+/// How [`QuantizedModel::quantize`] works.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeConfig {
+    /// How activation ranges are chosen from the calibration data.
+    pub observer: Observer,
+    /// Instruction set of the integer matrix product; `None` picks the best available.
+    pub isa: Option<Isa>,
+    /// Cross-layer equalization (Nagel et al. 2019) of `conv -> [bn] -> relu -> conv` pairs
+    /// before quantization: exact in f32, it evens out per-channel ranges so that per-tensor
+    /// activation scales waste fewer levels (matters for depthwise-separable models).
+    pub equalize: bool,
+}
+
+impl Default for QuantizeConfig {
+    /// Min/max calibration, best instruction set, cross-layer equalization on.
+    fn default() -> Self {
+        Self {
+            observer: Observer::MinMax,
+            isa: None,
+            equalize: true,
+        }
+    }
+}
+
+/// Clamp after an op: the fused activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Clamp {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Clamp {
+    fn of(a: Activation) -> Option<Self> {
+        match a {
+            Activation::Relu => Some(Self::Relu),
+            Activation::Relu6 => Some(Self::Relu6),
+            _ => None,
+        }
+    }
+
+    /// Code range `[min, max]` for output parameters `p`.
+    fn range(self, p: QuantParams) -> (u8, u8) {
+        let z = p.zero_point.clamp(0, 255);
+        match self {
+            Self::None => (0, 255),
+            Self::Relu => (z as u8, 255),
+            Self::Relu6 => (
+                z as u8,
+                (z as f32 + (6.0 / p.scale).round()).clamp(z as f32, 255.0) as u8,
+            ),
+        }
+    }
+}
+
+/// One integer op; inputs are indices of earlier ops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum OpSpec {
+    /// Quantize the f32 input.
+    Input,
+    /// Convolution (batch norm folded in), dense or depthwise, with fused clamp.
+    Conv {
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        in_channels: usize,
+        out_channels: usize,
+        depthwise: bool,
+        clamp: Clamp,
+    },
+    /// Fully connected layer with fused clamp.
+    Linear {
+        input: usize,
+        in_features: usize,
+        out_features: usize,
+        clamp: Clamp,
+    },
+    MaxPool {
+        input: usize,
+        kernel: usize,
+        stride: usize,
+    },
+    AvgPool {
+        input: usize,
+        kernel: usize,
+        stride: usize,
+    },
+    GlobalAvgPool {
+        input: usize,
+    },
+    /// To NCHW order, `[b, c*h*w]`, as candle flattens.
+    Flatten {
+        input: usize,
+    },
+    Repeat3 {
+        input: usize,
+    },
+    /// Stand-alone ReLU / ReLU6 in the input's quantization.
+    Clamp {
+        input: usize,
+        clamp: Clamp,
+    },
+    /// Tanh or sigmoid through a 256-entry table.
+    Lut {
+        input: usize,
+        activation: Activation,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        clamp: Clamp,
+    },
+    Concat {
+        inputs: Vec<usize>,
+    },
+}
+
+impl OpSpec {
+    fn inputs(&self) -> Vec<usize> {
+        match self {
+            Self::Input => vec![],
+            Self::Conv { input, .. }
+            | Self::Linear { input, .. }
+            | Self::MaxPool { input, .. }
+            | Self::AvgPool { input, .. }
+            | Self::GlobalAvgPool { input }
+            | Self::Flatten { input }
+            | Self::Repeat3 { input }
+            | Self::Clamp { input, .. }
+            | Self::Lut { input, .. } => vec![*input],
+            Self::Add { a, b, .. } => vec![*a, *b],
+            Self::Concat { inputs } => inputs.clone(),
+        }
+    }
+}
+
+/// An op and the quantization of its output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OpRecord {
+    spec: OpSpec,
+    out: QuantParams,
+    /// The graph node whose value this op produces (for error reports).
+    #[serde(default)]
+    node: usize,
+}
+
+/// Stored int8 parameters of a convolution or linear op.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LayerWeights {
+    /// Codes in the zoo's layout (`[out, in/groups, k, k]` or `[out, in]`).
+    pub(crate) codes: Vec<i8>,
+    pub(crate) shape: Vec<usize>,
+    /// Per output channel.
+    pub(crate) scales: Vec<f32>,
+    /// Quantized with scale `input scale * weight scale`.
+    pub(crate) bias: Vec<i32>,
+}
+
+/// What an op needs at run time, derived from the stored form.
+#[derive(Debug, Clone)]
+enum Prepared {
+    None,
+    Dense {
+        packed: PackedWeights,
+        stage: OutputStage,
+        /// `input scale * weight scale` per channel, for f32 logits.
+        dequant: Vec<f32>,
+    },
+    Depthwise {
+        /// `[ky][kx][c]`.
+        codes: Vec<i8>,
+        stage: OutputStage,
+    },
+    Pool(Requant),
+    Add(Rescale, Rescale, (u8, u8)),
+    Concat(Vec<Rescale>),
+    Lut(Box<[u8; 256]>),
+    Clamp(u8, u8),
+}
+
+/// A u8 NHWC activation.
+#[derive(Debug, Clone, Default)]
+struct Value {
+    data: Vec<u8>,
+    dims: Dims,
+}
+
+/// Quantization error of one op's output, from [`QuantizedModel::layer_errors`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerError {
+    /// Index of the integer op.
+    pub op: usize,
+    /// Graph node whose value it produces.
+    pub node: NodeId,
+    /// `|dequantized - f32| / |f32|` over the batch.
+    pub relative_error: f64,
+}
+
+/// A model in int8: per-channel int8 weights, u8 activations, i32 accumulation, and the
+/// integer kernels of this crate from the quantized input to the logits.
+#[derive(Debug, Clone)]
+pub struct QuantizedModel {
+    name: String,
+    ops: Vec<OpRecord>,
+    weights: Vec<Option<LayerWeights>>,
+    prepared: Vec<Prepared>,
+    isa: Isa,
+}
+
+fn missing(name: &str) -> CompressError {
+    CompressError::MissingParameter { name: name.into() }
+}
+
+/// The f32 parameters of `vars`, by name.
+fn read_params(vars: &VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| CompressError::InvalidConfig {
+            name: "vars",
+            value: "poisoned lock".into(),
+            reason: "a thread panicked while holding the variable map",
+        })?;
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?)))
+        .collect()
+}
+
+fn vec_of(params: &HashMap<String, Tensor>, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+    let t = params.get(name).ok_or_else(|| missing(name))?;
+    Ok((t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec()))
+}
+
+/// Runs `graph` in f32 with candle, returning every node's value (for calibration).
+fn run_all(graph: &Graph, params: &HashMap<String, Tensor>, x: &Tensor) -> Result<Vec<Tensor>> {
+    let get = |n: &str| params.get(n).cloned().ok_or_else(|| missing(n));
+    let mut v: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let arg = |k: NodeId| {
+            v.get(k)
+                .filter(|_| k < i)
+                .ok_or(CompressError::Unsupported {
+                    node: i,
+                    reason: format!("reads node {k}, which does not precede it"),
+                })
+        };
+        let y = match node {
+            Node::Input => x.clone(),
+            Node::Repeat3 { input } => arg(*input)?.repeat((1, 3, 1, 1))?,
+            Node::Conv {
+                input,
+                weight,
+                bias,
+                stride,
+                padding,
+                groups,
+            } => {
+                // The zoo's fast kernels: candle's own grouped convolution is far slower.
+                let b = bias.as_deref().map(get).transpose()?;
+                let cfg = hdr_ops::Conv2dConfig {
+                    stride: *stride,
+                    padding: *padding,
+                    groups: *groups,
+                    ..hdr_ops::Conv2dConfig::default()
+                };
+                hdr_ops::conv2d(arg(*input)?, &get(weight)?, b.as_ref(), &cfg)
+                    .map_err(hdr_models::ModelError::from)?
+            }
+            Node::BatchNorm { input, prefix } => {
+                let p = |s: &str| get(&format!("{prefix}.{s}"));
+                let scale = (p("weight")? / (p("running_var")? + BN_EPS as f64)?.sqrt()?)?;
+                let shift = (p("bias")? - (p("running_mean")? * &scale)?)?;
+                arg(*input)?
+                    .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
+                    .broadcast_add(&shift.reshape((1, (), 1, 1))?)?
+            }
+            Node::Activation { input, activation } => {
+                let x = arg(*input)?;
+                match activation {
+                    Activation::Relu => x.relu()?,
+                    Activation::Relu6 => x.clamp(0f32, 6f32)?,
+                    Activation::Tanh => x.tanh()?,
+                    Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
+                }
+            }
+            Node::MaxPool {
+                input,
+                kernel,
+                stride,
+            } => arg(*input)?.max_pool2d_with_stride(*kernel, *stride)?,
+            Node::AvgPool {
+                input,
+                kernel,
+                stride,
+            } => arg(*input)?.avg_pool2d_with_stride(*kernel, *stride)?,
+            Node::GlobalAvgPool { input } => arg(*input)?.mean((2, 3))?,
+            Node::Flatten { input } => arg(*input)?.flatten_from(1)?,
+            Node::Linear {
+                input,
+                weight,
+                bias,
+            } => arg(*input)?
+                .matmul(&get(weight)?.t()?)?
+                .broadcast_add(&get(bias)?)?,
+            Node::Add { a, b } => (arg(*a)? + arg(*b)?)?,
+            Node::Concat { inputs } => {
+                let parts = inputs
+                    .iter()
+                    .map(|&k| arg(k).cloned())
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)?
+            }
+            _ => {
+                return Err(CompressError::Unsupported {
+                    node: i,
+                    reason: format!("unknown node {node:?}"),
+                })
+            }
+        };
+        v.push(y);
+    }
+    Ok(v)
+}
+
+/// Quantizes a bias with scale `s_in * s_w[j]`, saturating well inside i32.
+fn quantize_bias(b: &[f32], s_in: f32, s_w: &[f32]) -> Vec<i32> {
+    const LIMIT: f64 = (1u64 << 30) as f64;
+    b.iter()
+        .zip(s_w)
+        .map(|(&b, &sw)| {
+            (b as f64 / (s_in as f64 * sw as f64))
+                .round()
+                .clamp(-LIMIT, LIMIT) as i32
+        })
+        .collect()
+}
+
+/// Cross-layer equalization: for every `conv A -> [batch norm] -> ReLU -> conv B` chain (each
+/// step the only reader of the previous), scales A's output channel `i` by `1 / s_i` and B's
+/// input channel `i` by `s_i`, `s_i = sqrt(r_A(i) / r_B(i))` with `r` the largest weight
+/// magnitude of the channel (A's including its batch norm). ReLU is positively homogeneous,
+/// so the f32 function is unchanged.
+fn equalize(graph: &Graph, params: &mut HashMap<String, Tensor>) -> Result<()> {
+    let nodes = &graph.nodes;
+    let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        for k in n.inputs() {
+            if k < nodes.len() {
+                users[k].push(i);
+            }
+        }
+    }
+    let only = |k: NodeId| match users[k].as_slice() {
+        [u] => Some(*u),
+        _ => None,
+    };
+    let put = |params: &mut HashMap<String, Tensor>,
+               name: &str,
+               v: Vec<f32>,
+               shape: &[usize]|
+     -> Result<()> {
+        let dev = params
+            .get(name)
+            .ok_or_else(|| missing(name))?
+            .device()
+            .clone();
+        params.insert(name.to_string(), Tensor::from_vec(v, shape, &dev)?);
+        Ok(())
+    };
+    for (a, node) in nodes.iter().enumerate() {
+        let Node::Conv {
+            weight: wa,
+            bias: ba,
+            ..
+        } = node
+        else {
+            continue;
+        };
+        let mut end = a;
+        let mut bn = None;
+        if let Some(u) = only(end) {
+            if let Node::BatchNorm { prefix, .. } = &nodes[u] {
+                bn = Some(prefix.clone());
+                end = u;
+            }
+        }
+        let Some(r) = only(end) else { continue };
+        if !matches!(
+            nodes[r],
+            Node::Activation {
+                activation: Activation::Relu,
+                ..
+            }
+        ) {
+            continue;
+        }
+        let Some(b) = only(r) else { continue };
+        let Node::Conv {
+            weight: wb,
+            groups: gb,
+            ..
+        } = &nodes[b]
+        else {
+            continue;
+        };
+        let (wav, sa) = vec_of(params, wa)?;
+        let (wbv, sb) = vec_of(params, wb)?;
+        let c = sa[0];
+        let (ob, ipg) = (sb[0], sb[1]);
+        let depthwise_b = *gb > 1 && ipg == 1 && ob == c && *gb == c;
+        if !(depthwise_b || (*gb == 1 && ipg == c)) || sa.len() != 4 || sb.len() != 4 {
+            continue;
+        }
+        let per_a = wav.len() / c;
+        let bn_scale: Vec<f32> = match &bn {
+            Some(p) => {
+                let g = vec_of(params, &format!("{p}.weight"))?.0;
+                let v = vec_of(params, &format!("{p}.running_var"))?.0;
+                g.iter()
+                    .zip(&v)
+                    .map(|(g, v)| (g / (v + BN_EPS).sqrt()).abs())
+                    .collect()
+            }
+            None => vec![1.0; c],
+        };
+        let kk = sb[2] * sb[3];
+        let rb = |i: usize| -> f32 {
+            if depthwise_b {
+                wbv[i * kk..(i + 1) * kk]
+                    .iter()
+                    .fold(0f32, |m, x| m.max(x.abs()))
+            } else {
+                (0..ob)
+                    .flat_map(|o| wbv[(o * c + i) * kk..(o * c + i + 1) * kk].iter())
+                    .fold(0f32, |m, x| m.max(x.abs()))
+            }
+        };
+        let s: Vec<f32> = (0..c)
+            .map(|i| {
+                let ra = wav[i * per_a..(i + 1) * per_a]
+                    .iter()
+                    .fold(0f32, |m, x| m.max(x.abs()))
+                    * bn_scale[i];
+                let r2 = rb(i);
+                let s = (ra / r2).sqrt();
+                // Dead or degenerate channels keep their scale.
+                if s.is_finite() && s > 1e-6 && s < 1e6 {
+                    s
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        match &bn {
+            Some(p) => {
+                for part in ["weight", "bias"] {
+                    let name = format!("{p}.{part}");
+                    let (v, sh) = vec_of(params, &name)?;
+                    let v = v.iter().zip(&s).map(|(x, s)| x / s).collect();
+                    put(params, &name, v, &sh)?;
+                }
+            }
+            None => {
+                let v = wav
+                    .iter()
+                    .enumerate()
+                    .map(|(j, x)| x / s[j / per_a])
+                    .collect();
+                put(params, wa, v, &sa)?;
+                if let Some(bname) = ba {
+                    let (v, sh) = vec_of(params, bname)?;
+                    let v = v.iter().zip(&s).map(|(x, s)| x / s).collect();
+                    put(params, bname, v, &sh)?;
+                }
+            }
+        }
+        let v = wbv
+            .iter()
+            .enumerate()
+            .map(|(j, x)| {
+                let i = if depthwise_b { j / kk } else { (j / kk) % c };
+                x * s[i]
+            })
+            .collect();
+        put(params, wb, v, &sb)?;
+    }
+    Ok(())
+}
+
+impl QuantizedModel {
+    /// Post-training static quantization: folds batch norms into the convolutions before them,
+    /// runs `graph` in f32 on the `calibration` batches (`[b, 1, 28, 28]`) to observe every
+    /// activation's range, and quantizes weights per output channel (symmetric int8) and
+    /// activations per tensor (asymmetric u8). `name` is recorded (e.g. `"lenet5"`).
+    pub fn quantize(
+        name: &str,
+        graph: &Graph,
+        vars: &VarMap,
+        calibration: &[Tensor],
+        cfg: &QuantizeConfig,
+    ) -> Result<Self> {
+        if calibration.is_empty() {
+            return Err(CompressError::InvalidConfig {
+                name: "calibration",
+                value: "0 batches".into(),
+                reason: "at least one batch is needed to observe activation ranges",
+            });
+        }
+        let mut params = read_params(vars)?;
+        if cfg.equalize {
+            equalize(graph, &mut params)?;
+        }
+        let nodes = &graph.nodes;
+        if nodes.first() != Some(&Node::Input) {
+            return Err(CompressError::Unsupported {
+                node: 0,
+                reason: "the graph must start with its input".into(),
+            });
+        }
+        let mut obs: Vec<RangeObserver> = (0..nodes.len())
+            .map(|_| RangeObserver::new(cfg.observer))
+            .collect();
+        for x in calibration {
+            for (o, v) in obs.iter_mut().zip(run_all(graph, &params, x)?) {
+                o.observe(&v.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+
+        let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            for k in n.inputs() {
+                if k >= i {
+                    return Err(CompressError::Unsupported {
+                        node: i,
+                        reason: format!("reads node {k}, which does not precede it"),
+                    });
+                }
+                users[k].push(i);
+            }
+        }
+        // The single reader of `k`, when there is exactly one.
+        let only_user = |k: NodeId| match users[k].as_slice() {
+            [u] => Some(*u),
+            _ => None,
+        };
+        let fused_clamp = |end: NodeId| -> Option<(NodeId, Clamp)> {
+            let u = only_user(end)?;
+            match &nodes[u] {
+                Node::Activation { activation, .. } => Clamp::of(*activation).map(|c| (u, c)),
+                _ => None,
+            }
+        };
+
+        let mut slot: Vec<Option<usize>> = vec![None; nodes.len()];
+        let mut absorbed = vec![false; nodes.len()];
+        let mut ops: Vec<OpRecord> = Vec::new();
+        let mut weights: Vec<Option<LayerWeights>> = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if absorbed[i] {
+                continue;
+            }
+            let input_of = |k: NodeId| -> Result<usize> {
+                slot[k].ok_or(CompressError::Unsupported {
+                    node: i,
+                    reason: format!("reads node {k}, which was fused into another op"),
+                })
+            };
+            let in_params = |op: usize| ops[op].out;
+            let mut end = i;
+            let mut layer = None;
+            let spec = match node {
+                Node::Input => OpSpec::Input,
+                Node::Repeat3 { input } => OpSpec::Repeat3 {
+                    input: input_of(*input)?,
+                },
+                Node::Conv {
+                    input,
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    groups,
+                } => {
+                    let input = input_of(*input)?;
+                    let (mut w, shape) = vec_of(&params, weight)?;
+                    let bad = |expected: &str| CompressError::BadParameter {
+                        name: weight.clone(),
+                        expected: expected.into(),
+                        found: shape.clone(),
+                    };
+                    let [o, ipg, k, k2] = shape[..] else {
+                        return Err(bad("[out, in / groups, k, k]"));
+                    };
+                    if k != k2 {
+                        return Err(bad("a square kernel"));
+                    }
+                    let mut b = match bias {
+                        Some(b) => vec_of(&params, b)?.0,
+                        None => vec![0.0; o],
+                    };
+                    if b.len() != o {
+                        return Err(bad("as many biases as output channels"));
+                    }
+                    if let Some(u) = only_user(end) {
+                        if let Node::BatchNorm { prefix, .. } = &nodes[u] {
+                            let p = |s: &str| vec_of(&params, &format!("{prefix}.{s}"));
+                            let (g, beta, mean, var) = (
+                                p("weight")?.0,
+                                p("bias")?.0,
+                                p("running_mean")?.0,
+                                p("running_var")?.0,
+                            );
+                            if [g.len(), beta.len(), mean.len(), var.len()] != [o; 4] {
+                                return Err(bad("a batch norm of the same width"));
+                            }
+                            // Exact in f32: y = (conv(x) + b - mean) * s + beta, s = g / sqrt(var + eps).
+                            let per = w.len() / o;
+                            for j in 0..o {
+                                let s = g[j] / (var[j] + BN_EPS).sqrt();
+                                w[j * per..(j + 1) * per].iter_mut().for_each(|v| *v *= s);
+                                b[j] = (b[j] - mean[j]) * s + beta[j];
+                            }
+                            end = u;
+                            absorbed[u] = true;
+                        }
+                    }
+                    let clamp = match fused_clamp(end) {
+                        Some((u, c)) => {
+                            end = u;
+                            absorbed[u] = true;
+                            c
+                        }
+                        None => Clamp::None,
+                    };
+                    let depthwise = *groups > 1 && ipg == 1 && o == *groups;
+                    if *groups != 1 && !depthwise {
+                        return Err(CompressError::Unsupported {
+                            node: i,
+                            reason: format!(
+                                "grouped convolution with {groups} groups of {ipg} channels"
+                            ),
+                        });
+                    }
+                    let q = quantize_per_channel(&w, o)?;
+                    let bias = quantize_bias(&b, in_params(input).scale, &q.scales);
+                    layer = Some(LayerWeights {
+                        codes: q.values,
+                        shape: shape.clone(),
+                        scales: q.scales,
+                        bias,
+                    });
+                    OpSpec::Conv {
+                        input,
+                        kernel: k,
+                        stride: *stride,
+                        padding: *padding,
+                        in_channels: if depthwise { o } else { ipg },
+                        out_channels: o,
+                        depthwise,
+                        clamp,
+                    }
+                }
+                Node::BatchNorm { input, prefix } => {
+                    // On its own (pre-activation blocks, after a concatenation): a per-channel
+                    // affine map, run as a 1x1 depthwise convolution.
+                    let input = input_of(*input)?;
+                    let p = |s: &str| vec_of(&params, &format!("{prefix}.{s}"));
+                    let (g, beta, mean, var) = (
+                        p("weight")?.0,
+                        p("bias")?.0,
+                        p("running_mean")?.0,
+                        p("running_var")?.0,
+                    );
+                    let c = g.len();
+                    let scale: Vec<f32> = (0..c).map(|j| g[j] / (var[j] + BN_EPS).sqrt()).collect();
+                    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
+                    let clamp = match fused_clamp(end) {
+                        Some((u, cl)) => {
+                            end = u;
+                            absorbed[u] = true;
+                            cl
+                        }
+                        None => Clamp::None,
+                    };
+                    let q = quantize_per_channel(&scale, c)?;
+                    let bias = quantize_bias(&shift, in_params(input).scale, &q.scales);
+                    layer = Some(LayerWeights {
+                        codes: q.values,
+                        shape: vec![c, 1, 1, 1],
+                        scales: q.scales,
+                        bias,
+                    });
+                    OpSpec::Conv {
+                        input,
+                        kernel: 1,
+                        stride: 1,
+                        padding: 0,
+                        in_channels: c,
+                        out_channels: c,
+                        depthwise: true,
+                        clamp,
+                    }
+                }
+                Node::Activation { input, activation } => {
+                    let input = input_of(*input)?;
+                    match Clamp::of(*activation) {
+                        Some(clamp) => OpSpec::Clamp { input, clamp },
+                        None => OpSpec::Lut {
+                            input,
+                            activation: *activation,
+                        },
+                    }
+                }
+                Node::MaxPool {
+                    input,
+                    kernel,
+                    stride,
+                } => OpSpec::MaxPool {
+                    input: input_of(*input)?,
+                    kernel: *kernel,
+                    stride: *stride,
+                },
+                Node::AvgPool {
+                    input,
+                    kernel,
+                    stride,
+                } => OpSpec::AvgPool {
+                    input: input_of(*input)?,
+                    kernel: *kernel,
+                    stride: *stride,
+                },
+                Node::GlobalAvgPool { input } => OpSpec::GlobalAvgPool {
+                    input: input_of(*input)?,
+                },
+                Node::Flatten { input } => OpSpec::Flatten {
+                    input: input_of(*input)?,
+                },
+                Node::Linear {
+                    input,
+                    weight,
+                    bias,
+                } => {
+                    let input = input_of(*input)?;
+                    let (w, shape) = vec_of(&params, weight)?;
+                    let (b, _) = vec_of(&params, bias)?;
+                    let [o, f] = shape[..] else {
+                        return Err(CompressError::BadParameter {
+                            name: weight.clone(),
+                            expected: "[out, in]".into(),
+                            found: shape,
+                        });
+                    };
+                    if b.len() != o {
+                        return Err(CompressError::BadParameter {
+                            name: bias.clone(),
+                            expected: format!("[{o}]"),
+                            found: vec![b.len()],
+                        });
+                    }
+                    let clamp = match fused_clamp(end) {
+                        Some((u, c)) => {
+                            end = u;
+                            absorbed[u] = true;
+                            c
+                        }
+                        None => Clamp::None,
+                    };
+                    let q = quantize_per_channel(&w, o)?;
+                    let bias = quantize_bias(&b, in_params(input).scale, &q.scales);
+                    layer = Some(LayerWeights {
+                        codes: q.values,
+                        shape: shape.clone(),
+                        scales: q.scales,
+                        bias,
+                    });
+                    OpSpec::Linear {
+                        input,
+                        in_features: f,
+                        out_features: o,
+                        clamp,
+                    }
+                }
+                Node::Add { a, b } => {
+                    let (a, b) = (input_of(*a)?, input_of(*b)?);
+                    let clamp = match fused_clamp(end) {
+                        Some((u, c)) => {
+                            end = u;
+                            absorbed[u] = true;
+                            c
+                        }
+                        None => Clamp::None,
+                    };
+                    OpSpec::Add { a, b, clamp }
+                }
+                Node::Concat { inputs } => OpSpec::Concat {
+                    inputs: inputs.iter().map(|&k| input_of(k)).collect::<Result<_>>()?,
+                },
+                _ => {
+                    return Err(CompressError::Unsupported {
+                        node: i,
+                        reason: format!("no integer kernel for {node:?}"),
+                    })
+                }
+            };
+            // Ops that only move or select codes keep their input's quantization.
+            let out = match &spec {
+                OpSpec::Repeat3 { input }
+                | OpSpec::MaxPool { input, .. }
+                | OpSpec::Flatten { input }
+                | OpSpec::Clamp { input, .. } => ops[*input].out,
+                _ => obs[end].params(),
+            };
+            slot[end] = Some(ops.len());
+            ops.push(OpRecord {
+                spec,
+                out,
+                node: end,
+            });
+            weights.push(layer);
+        }
+        if slot.last().copied().flatten() != Some(ops.len() - 1) {
+            return Err(CompressError::Unsupported {
+                node: nodes.len() - 1,
+                reason: "the last node is not the graph's output".into(),
+            });
+        }
+        Self::from_parts(name.to_string(), ops, weights, cfg.isa)
+    }
+
+    /// Builds the run-time form (packed weights, multipliers, tables) from the stored form.
+    pub(crate) fn from_parts(
+        name: String,
+        ops: Vec<OpRecord>,
+        weights: Vec<Option<LayerWeights>>,
+        isa: Option<Isa>,
+    ) -> Result<Self> {
+        let isa = isa.filter(|i| i.available()).unwrap_or_else(Isa::detect);
+        let mut prepared = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let bad = |reason: String| CompressError::Unsupported { node: i, reason };
+            for k in op.spec.inputs() {
+                if k >= i {
+                    return Err(bad(format!("reads op {k}, which does not precede it")));
+                }
+            }
+            let inp = |k: usize| ops[k].out;
+            let out = op.out;
+            if !(out.scale.is_finite() && out.scale > 0.0 && (0..=255).contains(&out.zero_point)) {
+                return Err(bad(format!("bad output quantization {out:?}")));
+            }
+            let layer = || {
+                weights
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| bad("weights missing".into()))
+            };
+            let stage = |lw: &LayerWeights,
+                         s_in: f32,
+                         n: usize,
+                         clamp: Clamp|
+             -> Result<OutputStage> {
+                if lw.scales.len() != n || lw.bias.len() != n || !lw.codes.len().is_multiple_of(n) {
+                    return Err(bad("weights do not match the op".into()));
+                }
+                let (min, max) = clamp.range(out);
+                Ok(OutputStage {
+                    bias: lw.bias.clone(),
+                    requant: lw
+                        .scales
+                        .iter()
+                        .map(|&sw| Requant::new(s_in as f64 * sw as f64 / out.scale as f64))
+                        .collect::<Result<_>>()?,
+                    zero_point: out.zero_point,
+                    min,
+                    max,
+                })
+            };
+            let p = match &op.spec {
+                OpSpec::Conv {
+                    input,
+                    kernel,
+                    in_channels,
+                    out_channels,
+                    depthwise,
+                    clamp,
+                    ..
+                } => {
+                    let (lw, s_in) = (layer()?, inp(*input));
+                    let (k, c, o) = (*kernel, *in_channels, *out_channels);
+                    let kk = k * k;
+                    if lw.codes.len() != o * c * kk && !(*depthwise && lw.codes.len() == o * kk) {
+                        return Err(bad("weights do not match the convolution".into()));
+                    }
+                    let mut st = stage(lw, s_in.scale, o, *clamp)?;
+                    if *depthwise {
+                        // [c][ky][kx] -> [ky][kx][c]: channels innermost, like the activations.
+                        let mut codes = vec![0i8; kk * o];
+                        for j in 0..o {
+                            for t in 0..kk {
+                                codes[t * o + j] = lw.codes[j * kk + t];
+                            }
+                        }
+                        Prepared::Depthwise { codes, stage: st }
+                    } else {
+                        // [o][c][ky][kx] -> [o][ky][kx][c], the order of `im2col` patches.
+                        let mut codes = vec![0i8; o * kk * c];
+                        for j in 0..o {
+                            for ci in 0..c {
+                                for t in 0..kk {
+                                    codes[(j * kk + t) * c + ci] = lw.codes[(j * c + ci) * kk + t];
+                                }
+                            }
+                        }
+                        let packed = PackedWeights::new(&codes, o, kk * c)?;
+                        for (b, &s) in st.bias.iter_mut().zip(packed.row_sums()) {
+                            // Padding and zero-point correction: the product sums raw codes.
+                            *b = (*b as i64 - s_in.zero_point as i64 * s as i64)
+                                .clamp(i32::MIN as i64, i32::MAX as i64)
+                                as i32;
+                        }
+                        Prepared::Dense {
+                            packed,
+                            stage: st,
+                            dequant: vec![],
+                        }
+                    }
+                }
+                OpSpec::Linear {
+                    input,
+                    in_features,
+                    out_features,
+                    clamp,
+                } => {
+                    let (lw, s_in) = (layer()?, inp(*input));
+                    if lw.codes.len() != in_features * out_features {
+                        return Err(bad("weights do not match the layer".into()));
+                    }
+                    let mut st = stage(lw, s_in.scale, *out_features, *clamp)?;
+                    let packed = PackedWeights::new(&lw.codes, *out_features, *in_features)?;
+                    for (b, &s) in st.bias.iter_mut().zip(packed.row_sums()) {
+                        *b = (*b as i64 - s_in.zero_point as i64 * s as i64)
+                            .clamp(i32::MIN as i64, i32::MAX as i64)
+                            as i32;
+                    }
+                    let dequant = lw.scales.iter().map(|&sw| sw * s_in.scale).collect();
+                    Prepared::Dense {
+                        packed,
+                        stage: st,
+                        dequant,
+                    }
+                }
+                OpSpec::AvgPool { input, kernel, .. } => Prepared::Pool(Requant::new(
+                    inp(*input).scale as f64 / ((kernel * kernel) as f64 * out.scale as f64),
+                )?),
+                // The window is only known at run time; the multiplier is built then.
+                OpSpec::GlobalAvgPool { .. } => Prepared::None,
+                OpSpec::Add { a, b, clamp } => {
+                    let r = |k: usize| {
+                        let p = inp(k);
+                        Rescale::new(p.scale as f64 / out.scale as f64, p.zero_point)
+                    };
+                    Prepared::Add(r(*a)?, r(*b)?, clamp.range(out))
+                }
+                OpSpec::Concat { inputs } => Prepared::Concat(
+                    inputs
+                        .iter()
+                        .map(|&k| {
+                            let p = inp(k);
+                            Rescale::new(p.scale as f64 / out.scale as f64, p.zero_point)
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                OpSpec::Lut { input, activation } => {
+                    let p = inp(*input);
+                    let f = |x: f32| match activation {
+                        Activation::Tanh => x.tanh(),
+                        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+                        Activation::Relu => x.max(0.0),
+                        Activation::Relu6 => x.clamp(0.0, 6.0),
+                    };
+                    let mut t = Box::new([0u8; 256]);
+                    for (q, y) in t.iter_mut().enumerate() {
+                        *y = out.quantize_u8(f(p.dequantize(q as i32)));
+                    }
+                    Prepared::Lut(t)
+                }
+                OpSpec::Clamp { clamp, .. } => {
+                    let (lo, hi) = clamp.range(out);
+                    Prepared::Clamp(lo, hi)
+                }
+                OpSpec::Input
+                | OpSpec::MaxPool { .. }
+                | OpSpec::Flatten { .. }
+                | OpSpec::Repeat3 { .. } => Prepared::None,
+            };
+            prepared.push(p);
+        }
+        if ops.is_empty() || ops[0].spec != OpSpec::Input {
+            return Err(CompressError::Unsupported {
+                node: 0,
+                reason: "a quantized model starts with its input".into(),
+            });
+        }
+        Ok(Self {
+            name,
+            ops,
+            weights,
+            prepared,
+            isa,
+        })
+    }
+
+    /// Name of the model this was quantized from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Instruction set of the integer matrix product.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs the integer path with another instruction set (for comparisons; unavailable ones
+    /// fall back to the portable path).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = if isa.available() { isa } else { Isa::Portable };
+        self
+    }
+
+    /// Number of integer ops (after fusion).
+    pub fn num_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Bytes of the stored parameters: int8 weights, f32 scales and i32 biases.
+    pub fn parameter_bytes(&self) -> usize {
+        self.weights
+            .iter()
+            .flatten()
+            .map(|w| w.codes.len() + 4 * w.scales.len() + 4 * w.bias.len())
+            .sum()
+    }
+
+    pub(crate) fn parts(&self) -> (&[OpRecord], &[Option<LayerWeights>]) {
+        (&self.ops, &self.weights)
+    }
+
+    /// Logits of a batch: quantizes `x` (`[b, c, h, w]` f32) to u8, runs every layer in
+    /// integers and dequantizes the final accumulators.
+    ///
+    /// # Shapes
+    /// `[b, 1, 28, 28] -> [b, classes]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let &[b, c, h, w] = x.dims() else {
+            return Err(CompressError::BadInput {
+                expected: "[batch, channels, height, width] f32".into(),
+                found: x.dims().to_vec(),
+            });
+        };
+        let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (logits, classes) = self.run(&data, (b, h, w, c))?;
+        Ok(Tensor::from_vec(logits, (b, classes), x.device())?)
+    }
+
+    /// [`QuantizedModel::forward`] on a plain NCHW slice; returns logits and class count.
+    pub fn run(&self, x: &[f32], dims: Dims) -> Result<(Vec<f32>, usize)> {
+        let (logits, classes, _) = self.run_inner(x, dims)?;
+        Ok((logits, classes))
+    }
+
+    /// Relative error `|deq(q) - f| / |f|` of every op's output against the f32 graph on `x`
+    /// (`graph` and `vars` as given to [`QuantizedModel::quantize`]; the f32 reference uses the
+    /// same equalization as `cfg`). Shows which layer loses accuracy.
+    pub fn layer_errors(
+        &self,
+        graph: &Graph,
+        vars: &VarMap,
+        x: &Tensor,
+        cfg: &QuantizeConfig,
+    ) -> Result<Vec<LayerError>> {
+        let mut params = read_params(vars)?;
+        if cfg.equalize {
+            equalize(graph, &mut params)?;
+        }
+        let reference = run_all(graph, &params, x)?;
+        let &[b, c, h, w] = x.dims() else {
+            return Err(CompressError::BadInput {
+                expected: "[batch, channels, height, width] f32".into(),
+                found: x.dims().to_vec(),
+            });
+        };
+        let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (_, _, vals) = self.run_inner(&data, (b, h, w, c))?;
+        let mut out = Vec::new();
+        for (i, v) in vals.iter().enumerate() {
+            let op = &self.ops[i];
+            let Some(f) = reference.get(op.node) else {
+                continue;
+            };
+            let f = if f.rank() == 4 {
+                f.permute((0, 2, 3, 1))?.flatten_all()?
+            } else {
+                f.flatten_all()?
+            };
+            let f = f.to_vec1::<f32>()?;
+            if f.len() != v.data.len() {
+                continue;
+            }
+            let (mut num, mut den) = (0f64, 0f64);
+            for (&q, &r) in v.data.iter().zip(&f) {
+                let d = op.out.dequantize(q as i32) as f64 - r as f64;
+                num += d * d;
+                den += r as f64 * r as f64;
+            }
+            out.push(LayerError {
+                op: i,
+                node: op.node,
+                relative_error: (num / den.max(1e-30)).sqrt(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn run_inner(&self, x: &[f32], (b, h, w, c): Dims) -> Result<(Vec<f32>, usize, Vec<Value>)> {
+        if x.len() != b * h * w * c || b == 0 {
+            return Err(CompressError::BadInput {
+                expected: format!("{b} x {c} x {h} x {w} values, batch >= 1"),
+                found: vec![x.len()],
+            });
+        }
+        let mut vals: Vec<Value> = Vec::with_capacity(self.ops.len());
+        let last = self.ops.len() - 1;
+        for (i, (op, prep)) in self.ops.iter().zip(&self.prepared).enumerate() {
+            let bad = |reason: String| CompressError::Unsupported { node: i, reason };
+            let mut y = Value::default();
+            match (&op.spec, prep) {
+                (OpSpec::Input, _) => {
+                    // NCHW f32 -> NHWC u8.
+                    y.dims = (b, h, w, c);
+                    y.data = vec![0; x.len()];
+                    for n in 0..b {
+                        for ch in 0..c {
+                            for p in 0..h * w {
+                                y.data[(n * h * w + p) * c + ch] =
+                                    op.out.quantize_u8(x[(n * c + ch) * h * w + p]);
+                            }
+                        }
+                    }
+                }
+                (
+                    OpSpec::Conv {
+                        input,
+                        kernel,
+                        stride,
+                        padding,
+                        out_channels,
+                        ..
+                    },
+                    p,
+                ) => {
+                    let v = &vals[*input];
+                    let s = ConvShape {
+                        batch: v.dims.0,
+                        height: v.dims.1,
+                        width: v.dims.2,
+                        in_channels: v.dims.3,
+                        out_channels: *out_channels,
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                    };
+                    let (oh, ow) = s.output()?;
+                    let z = self.ops[*input].out.zero_point as u8;
+                    match p {
+                        Prepared::Dense { packed, stage, .. } => {
+                            kernels::conv2d(self.isa, &v.data, z, &s, packed, stage, &mut y.data)?
+                        }
+                        Prepared::Depthwise { codes, stage } => {
+                            kernels::depthwise_conv2d(&v.data, z, &s, codes, stage, &mut y.data)?
+                        }
+                        _ => return Err(bad("convolution without weights".into())),
+                    }
+                    y.dims = (s.batch, oh, ow, *out_channels);
+                }
+                (
+                    OpSpec::Linear {
+                        input,
+                        in_features,
+                        out_features,
+                        ..
+                    },
+                    Prepared::Dense {
+                        packed,
+                        stage,
+                        dequant,
+                    },
+                ) => {
+                    let v = &vals[*input];
+                    let (n, f) = (v.dims.0, v.dims.1 * v.dims.2 * v.dims.3);
+                    if f != *in_features {
+                        return Err(CompressError::BadInput {
+                            expected: format!("{in_features} features"),
+                            found: vec![n, f],
+                        });
+                    }
+                    let kp = packed.padded_k();
+                    let padded;
+                    let a: &[u8] = if kp == f {
+                        &v.data
+                    } else {
+                        let mut t = vec![0u8; n * kp];
+                        for (d, s) in t.chunks_mut(kp).zip(v.data.chunks(f)) {
+                            d[..f].copy_from_slice(s);
+                        }
+                        padded = t;
+                        &padded
+                    };
+                    let o = *out_features;
+                    let mut acc = vec![0i32; n * o];
+                    kernels::gemm_u8i8(self.isa, a, n, kp, packed, &mut acc)?;
+                    if i == last {
+                        // The logits leave the integer domain straight from the accumulators.
+                        let logits = acc
+                            .chunks(o)
+                            .flat_map(|r| {
+                                r.iter().enumerate().map(|(j, &a)| {
+                                    (a as i64 + stage.bias[j] as i64) as f32 * dequant[j]
+                                })
+                            })
+                            .collect();
+                        return Ok((logits, o, vals));
+                    }
+                    y.data = vec![0; n * o];
+                    kernels::requantize(&acc, o, stage, &mut y.data)?;
+                    y.dims = (n, 1, 1, o);
+                }
+                (
+                    OpSpec::MaxPool {
+                        input,
+                        kernel,
+                        stride,
+                    },
+                    _,
+                ) => {
+                    let v = &vals[*input];
+                    kernels::max_pool(&v.data, v.dims, *kernel, *stride, &mut y.data)?;
+                    let (n, hh, ww, cc) = v.dims;
+                    y.dims = (
+                        n,
+                        (hh - kernel) / stride + 1,
+                        (ww - kernel) / stride + 1,
+                        cc,
+                    );
+                }
+                (
+                    OpSpec::AvgPool {
+                        input,
+                        kernel,
+                        stride,
+                    },
+                    Prepared::Pool(rq),
+                ) => {
+                    let v = &vals[*input];
+                    let zi = self.ops[*input].out.zero_point;
+                    kernels::avg_pool(
+                        &v.data,
+                        v.dims,
+                        *kernel,
+                        *stride,
+                        zi,
+                        *rq,
+                        op.out.zero_point,
+                        &mut y.data,
+                    )?;
+                    let (n, hh, ww, cc) = v.dims;
+                    y.dims = (
+                        n,
+                        (hh - kernel) / stride + 1,
+                        (ww - kernel) / stride + 1,
+                        cc,
+                    );
+                }
+                (OpSpec::GlobalAvgPool { input }, _) => {
+                    let v = &vals[*input];
+                    let pi = self.ops[*input].out;
+                    let (n, hh, ww, cc) = v.dims;
+                    if hh != ww {
+                        return Err(bad(format!("global pooling of a {hh} x {ww} map")));
+                    }
+                    let rq =
+                        Requant::new(pi.scale as f64 / ((hh * ww) as f64 * op.out.scale as f64))?;
+                    kernels::avg_pool(
+                        &v.data,
+                        v.dims,
+                        hh,
+                        1,
+                        pi.zero_point,
+                        rq,
+                        op.out.zero_point,
+                        &mut y.data,
+                    )?;
+                    y.dims = (n, 1, 1, cc);
+                }
+                (OpSpec::Flatten { input }, _) => {
+                    let v = &vals[*input];
+                    let (n, hh, ww, cc) = v.dims;
+                    let hw = hh * ww;
+                    y.data = vec![0; v.data.len()];
+                    for s in 0..n {
+                        for p in 0..hw {
+                            for ch in 0..cc {
+                                y.data[s * hw * cc + ch * hw + p] = v.data[(s * hw + p) * cc + ch];
+                            }
+                        }
+                    }
+                    y.dims = (n, 1, 1, hw * cc);
+                }
+                (OpSpec::Repeat3 { input }, _) => {
+                    let v = &vals[*input];
+                    let (n, hh, ww, cc) = v.dims;
+                    if cc != 1 {
+                        return Err(bad(format!("repeat of {cc} channels")));
+                    }
+                    y.data = v.data.iter().flat_map(|&q| [q; 3]).collect();
+                    y.dims = (n, hh, ww, 3);
+                }
+                (OpSpec::Clamp { input, .. }, Prepared::Clamp(lo, hi)) => {
+                    let v = &vals[*input];
+                    y.data = v.data.iter().map(|&q| q.clamp(*lo, *hi)).collect();
+                    y.dims = v.dims;
+                }
+                (OpSpec::Lut { input, .. }, Prepared::Lut(t)) => {
+                    let v = &vals[*input];
+                    y.data = v.data.iter().map(|&q| t[q as usize]).collect();
+                    y.dims = v.dims;
+                }
+                (OpSpec::Add { a, b, .. }, Prepared::Add(ra, rb, range)) => {
+                    let (va, vb) = (&vals[*a], &vals[*b]);
+                    if va.dims != vb.dims {
+                        return Err(bad(format!("adds {:?} to {:?}", va.dims, vb.dims)));
+                    }
+                    kernels::add(
+                        &va.data,
+                        *ra,
+                        &vb.data,
+                        *rb,
+                        op.out.zero_point,
+                        *range,
+                        &mut y.data,
+                    )?;
+                    y.dims = va.dims;
+                }
+                (OpSpec::Concat { inputs }, Prepared::Concat(rs)) => {
+                    let parts: Vec<&Value> = inputs.iter().map(|&k| &vals[k]).collect();
+                    let (n, hh, ww, _) = parts
+                        .first()
+                        .ok_or_else(|| bad("empty concatenation".into()))?
+                        .dims;
+                    if parts
+                        .iter()
+                        .any(|p| (p.dims.0, p.dims.1, p.dims.2) != (n, hh, ww))
+                    {
+                        return Err(bad("concatenates maps of different sizes".into()));
+                    }
+                    let chans: Vec<usize> = parts.iter().map(|p| p.dims.3).collect();
+                    let slices: Vec<&[u8]> = parts.iter().map(|p| p.data.as_slice()).collect();
+                    kernels::concat(
+                        &slices,
+                        &chans,
+                        rs,
+                        n * hh * ww,
+                        op.out.zero_point,
+                        &mut y.data,
+                    )?;
+                    y.dims = (n, hh, ww, chans.iter().sum());
+                }
+                _ => return Err(bad("op and prepared data disagree".into())),
+            }
+            vals.push(y);
+        }
+        // A graph that does not end in a linear layer: dequantize its codes.
+        let v = vals.pop().ok_or_else(|| CompressError::Unsupported {
+            node: 0,
+            reason: "empty model".into(),
+        })?;
+        let p = self.ops[last].out;
+        let classes = v.dims.1 * v.dims.2 * v.dims.3;
+        let logits = v.data.iter().map(|&q| p.dequantize(q as i32)).collect();
+        vals.push(v);
+        Ok((logits, classes, vals))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+
+    #[test]
+    fn equalization_keeps_the_f32_function_and_changes_weights() {
+        for name in ["mobilenet_hdr", "lenet5", "resnet"] {
+            let vars = VarMap::new();
+            let m = hdr_models::create(
+                name,
+                VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+            )
+            .unwrap();
+            hdr_models::init::init(&vars, 4).unwrap();
+            let g = m.graph();
+            let before = read_params(&vars).unwrap();
+            let mut after = before.clone();
+            equalize(&g, &mut after).unwrap();
+            let x = Tensor::rand(0f32, 1f32, (3, 1, 28, 28), &Device::Cpu).unwrap();
+            let y0 = run_all(&g, &before, &x).unwrap().pop().unwrap();
+            let y1 = run_all(&g, &after, &x).unwrap().pop().unwrap();
+            let d = (&y0 - &y1)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = y0
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d <= 1e-4 * scale.max(1.0), "{name}: {d}");
+            let changed = before.iter().any(|(k, v)| {
+                let w = &after[k];
+                (v - w)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            });
+            // LeNet-5's default activation may not be ReLU; the others must be equalized.
+            assert!(changed || name == "lenet5", "{name}: nothing equalized");
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Unstructured magnitude pruning (Han et al. 2015): masks on convolution and linear weights,
+//! kept at zero through fine-tuning, and a per-layer sparsity report.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use hdr_data::{BatchConfig, Dataset, Normalize};
+use hdr_models::Classifier;
+use hdr_train::{cross_entropy, Optimizer, OptimizerConfig};
+
+use crate::error::{CompressError, Result};
+
+/// Which weights compete for removal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every layer loses the same fraction of its weights.
+    #[default]
+    LayerWise,
+    /// One magnitude threshold over all layers: layers with many small weights lose more.
+    Global,
+}
+
+/// 0/1 masks by parameter name (1 keeps a weight).
+#[derive(Debug, Clone, Default)]
+pub struct Masks {
+    masks: BTreeMap<String, Tensor>,
+}
+
+fn lock(
+    vars: &VarMap,
+) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, candle_core::Var>>> {
+    vars.data()
+        .lock()
+        .map_err(|_| CompressError::InvalidConfig {
+            name: "vars",
+            value: "poisoned lock".into(),
+            reason: "a thread panicked while holding the variable map",
+        })
+}
+
+/// Names of the prunable parameters: convolution and linear weights (`*.weight` of rank >= 2;
+/// batch-norm scales and biases stay dense).
+pub fn prunable(vars: &VarMap) -> Result<Vec<String>> {
+    let data = lock(vars)?;
+    let mut names: Vec<String> = data
+        .iter()
+        .filter(|(k, v)| k.ends_with(".weight") && v.as_tensor().rank() >= 2)
+        .map(|(k, _)| k.clone())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The `k`-th smallest magnitude (0-based) of `xs`.
+fn kth(mut xs: Vec<f32>, k: usize) -> f32 {
+    let k = k.min(xs.len().saturating_sub(1));
+    *xs.select_nth_unstable_by(k, f32::total_cmp).1
+}
+
+/// Masks removing the smallest-magnitude fraction `sparsity` (in `[0, 1)`) of the prunable
+/// weights, per layer or globally. Weights already zero count as removed first.
+pub fn magnitude(vars: &VarMap, sparsity: f32, scope: Scope) -> Result<Masks> {
+    if !(0.0..1.0).contains(&sparsity) {
+        return Err(CompressError::InvalidConfig {
+            name: "sparsity",
+            value: sparsity.to_string(),
+            reason: "must be in [0, 1)",
+        });
+    }
+    let names = prunable(vars)?;
+    let data = lock(vars)?;
+    let mut mags: Vec<(String, Vec<f32>, Tensor)> = Vec::new();
+    for n in names {
+        let t = data[&n].as_tensor().clone();
+        let v = t.abs()?.flatten_all()?.to_vec1::<f32>()?;
+        mags.push((n, v, t));
+    }
+    drop(data);
+    let global = match scope {
+        Scope::Global => {
+            let all: Vec<f32> = mags.iter().flat_map(|m| m.1.iter().copied()).collect();
+            let k = (all.len() as f64 * sparsity as f64).floor() as usize;
+            Some(if k == 0 { -1.0 } else { kth(all, k - 1) })
+        }
+        Scope::LayerWise => None,
+    };
+    let mut masks = BTreeMap::new();
+    for (name, v, t) in mags {
+        let threshold = global.unwrap_or_else(|| {
+            let k = (v.len() as f64 * sparsity as f64).floor() as usize;
+            if k == 0 {
+                -1.0
+            } else {
+                kth(v.clone(), k - 1)
+            }
+        });
+        // Keep strictly larger magnitudes; ties at the threshold go (at most a few extra).
+        let keep: Vec<f32> = v.iter().map(|&m| (m > threshold) as u8 as f32).collect();
+        masks.insert(name, Tensor::from_vec(keep, t.shape(), t.device())?);
+    }
+    Ok(Masks { masks })
+}
+
+impl Masks {
+    /// Zeroes the masked weights of `vars` (after each optimiser step, to keep them pruned).
+    pub fn apply(&self, vars: &VarMap) -> Result<()> {
+        let data = lock(vars)?;
+        for (name, m) in &self.masks {
+            let var = data
+                .get(name)
+                .ok_or_else(|| CompressError::MissingParameter { name: name.clone() })?;
+            var.set(&(var.as_tensor() * m)?)?;
+        }
+        Ok(())
+    }
+
+    /// Fraction of masked (removed) weights over the masked layers.
+    pub fn sparsity(&self) -> Result<f64> {
+        let (mut zeros, mut total) = (0f64, 0f64);
+        for m in self.masks.values() {
+            total += m.elem_count() as f64;
+            zeros += m.elem_count() as f64 - m.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+        Ok(if total == 0.0 { 0.0 } else { zeros / total })
+    }
+
+    /// The mask of one parameter.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.masks.get(name)
+    }
+
+    /// Names of the masked parameters.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.masks.keys().map(String::as_str)
+    }
+}
+
+/// Sparsity and size of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSparsity {
+    /// Parameter name.
+    pub name: String,
+    /// Elements.
+    pub params: usize,
+    /// Elements equal to zero.
+    pub zeros: usize,
+    /// Bytes as dense f32.
+    pub dense_bytes: usize,
+    /// Bytes in a compressed sparse form: f32 value and u32 index per non-zero.
+    pub sparse_bytes: usize,
+}
+
+impl LayerSparsity {
+    /// `zeros / params`.
+    pub fn sparsity(&self) -> f64 {
+        self.zeros as f64 / self.params.max(1) as f64
+    }
+}
+
+/// Per-parameter sparsity and size of every prunable weight of `vars`.
+pub fn sparsity_report(vars: &VarMap) -> Result<Vec<LayerSparsity>> {
+    let names = prunable(vars)?;
+    let data = lock(vars)?;
+    names
+        .into_iter()
+        .map(|name| {
+            let t = data[&name].as_tensor();
+            let params = t.elem_count();
+            let zeros = params
+                - t.ne(0f32)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()? as usize;
+            Ok(LayerSparsity {
+                name,
+                params,
+                zeros,
+                dense_bytes: 4 * params,
+                sparse_bytes: 8 * (params - zeros),
+            })
+        })
+        .collect()
+}
+
+/// Settings of [`fine_tune`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneConfig {
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Constant Adam learning rate (small: the weights are already trained).
+    pub lr: f64,
+    /// Shuffling seed.
+    pub seed: u64,
+    /// Input normalisation (the zoo's models use `[0, 1]`).
+    pub normalize: Normalize,
+}
+
+impl Default for FineTuneConfig {
+    /// One epoch of batch 64 at 1e-4.
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 64,
+            lr: 1e-4,
+            seed: 0,
+            normalize: Normalize::UnitRange,
+        }
+    }
+}
+
+/// Trains `model` (whose variables are `vars`) on `train` with Adam, re-applying `masks` after
+/// every step so that pruned weights stay exactly zero. Returns the mean loss of the last epoch.
+pub fn fine_tune(
+    model: &dyn Classifier,
+    vars: &VarMap,
+    masks: &Masks,
+    train: &Dataset,
+    cfg: &FineTuneConfig,
+) -> Result<f64> {
+    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 {
+        return Err(CompressError::InvalidConfig {
+            name: "fine-tune",
+            value: format!("{cfg:?}"),
+            reason: "needs epochs >= 1, batch_size >= 1 and lr > 0",
+        });
+    }
+    let mut opt = Optimizer::new(&OptimizerConfig::default(), vars)?;
+    masks.apply(vars)?;
+    let bc = BatchConfig {
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        normalize: cfg.normalize,
+        ..BatchConfig::default()
+    };
+    let mut last = 0.0;
+    for epoch in 0..cfg.epochs {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for batch in train
+            .batches(&bc, epoch as u64, &Device::Cpu)
+            .map_err(hdr_train::TrainError::from)?
+        {
+            let batch = batch.map_err(hdr_train::TrainError::from)?;
+            let logits = model.forward_t(&batch.images, true)?.logits;
+            let loss = cross_entropy(&logits, &batch.labels, 0.0)?;
+            let grads = loss.backward()?;
+            opt.step(&grads, cfg.lr)?;
+            masks.apply(vars)?;
+            sum += loss.to_scalar::<f32>()? as f64;
+            n += 1;
+        }
+        last = sum / n.max(1) as f64;
+    }
+    Ok(last)
+}
+
+/// Iterative pruning (Han et al. 2015): `steps` rounds of pruning to a growing sparsity, up to
+/// `target`, each followed by masked fine-tuning. Returns the final masks.
+pub fn prune_iteratively(
+    model: &dyn Classifier,
+    vars: &VarMap,
+    target: f32,
+    scope: Scope,
+    steps: usize,
+    train: &Dataset,
+    cfg: &FineTuneConfig,
+) -> Result<Masks> {
+    if steps == 0 {
+        return Err(CompressError::InvalidConfig {
+            name: "steps",
+            value: "0".into(),
+            reason: "at least one prune-and-fine-tune round",
+        });
+    }
+    let mut masks = Masks::default();
+    for s in 1..=steps {
+        // Geometric schedule on the kept fraction: equal relative cuts per round.
+        let keep = (1.0 - target as f64).powf(s as f64 / steps as f64);
+        masks = magnitude(vars, (1.0 - keep) as f32, scope)?;
+        fine_tune(model, vars, &masks, train, cfg)?;
+    }
+    Ok(masks)
+}

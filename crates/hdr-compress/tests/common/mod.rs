@@ -1,0 +1,89 @@
+//! Shared test helpers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use hdr_models::Classifier;
+
+/// The MNIST folder from `HDR_DATA_DIR`, or `None` (with a note) when it is not there locally.
+///
+/// Under CI (`CI=true`) a missing folder is a failure, never a silent skip.
+pub fn real_data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("HDR_DATA_DIR").map(PathBuf::from);
+    let ok = dir.as_ref().is_some_and(|d| {
+        d.join("train-images-idx3-ubyte.gz").is_file()
+            || d.join("train-images-idx3-ubyte").is_file()
+    });
+    if ok {
+        return dir;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "CI=true but MNIST is not in HDR_DATA_DIR ({dir:?}): real-data tests must run in CI"
+    );
+    eprintln!("note: HDR_DATA_DIR does not hold MNIST; real-data test not run");
+    None
+}
+
+/// A registered model with seeded initial weights.
+pub fn model(name: &str, seed: u64) -> (Box<dyn Classifier>, VarMap) {
+    let vars = VarMap::new();
+    let m = hdr_models::create(
+        name,
+        VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+    )
+    .expect("registered model");
+    hdr_models::init::init(&vars, seed).expect("init");
+    (m, vars)
+}
+
+/// Deterministic digit-like images in `[0, 1]`: blobs on a dark background.
+pub fn synthetic(batch: usize, seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f32 / (1u64 << 53) as f32
+    };
+    let mut v = vec![0f32; batch * 784];
+    for img in v.chunks_mut(784) {
+        let (cx, cy, r) = (8.0 + 12.0 * rnd(), 8.0 + 12.0 * rnd(), 3.0 + 5.0 * rnd());
+        for (i, p) in img.iter_mut().enumerate() {
+            let (x, y) = ((i % 28) as f32, (i / 28) as f32);
+            let d = ((x - cx).powi(2) + (y - cy).powi(2)).sqrt();
+            *p = ((r - d).clamp(0.0, 1.0) + 0.05 * rnd()).min(1.0);
+        }
+    }
+    Tensor::from_vec(v, (batch, 1, 28, 28), &Device::Cpu).expect("tensor")
+}
+
+/// Fraction of rows whose argmax agrees.
+pub fn agreement(a: &Tensor, b: &Tensor) -> f64 {
+    let pa = a.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let pb = b.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    pa.iter().zip(&pb).filter(|(x, y)| x == y).count() as f64 / pa.len() as f64
+}
+
+/// `|a - b| / |b|` over all logits.
+pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let n = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    (d / n.max(1e-12)).sqrt()
+}
