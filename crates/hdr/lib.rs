@@ -9,11 +9,13 @@
 //! - [`models`] (`hdr-models`): the model zoo, its registry, summaries, safetensors files.
 //! - [`ops`] (`hdr-ops`): fast CPU kernels as candle custom ops.
 //! - [`train`] (`hdr-train`): training loop, optimisers, schedules, distillation, evaluation.
+//! - [`compress`] (`hdr-compress`): int8 quantization with integer kernels, pruning.
 //! - [`viz`] (`hdr-viz`): feature maps, saliency, Grad-CAM, confusion heat maps, training curves.
 //!
 //! Library users usually depend on the individual crates instead.
 #![warn(missing_docs)]
 
+pub use hdr_compress as compress;
 pub use hdr_data as data;
 pub use hdr_metrics as metrics;
 pub use hdr_models as models;
