@@ -635,7 +635,7 @@ impl Augment for Compose {
                 buf.resize(src.len(), 0.0);
                 // Ping-pong between `dst` and `buf`, arranged so that the last step writes `dst`.
                 for (i, step) in self.steps.iter().enumerate() {
-                    let into_dst = (n - 1 - i) % 2 == 0;
+                    let into_dst = (n - 1 - i).is_multiple_of(2);
                     match (i == 0, into_dst) {
                         (true, true) => step.apply(src, dst, width, height, rng),
                         (true, false) => step.apply(src, &mut buf, width, height, rng),

@@ -123,7 +123,7 @@ pub fn argmax_rows(scores: &[f32], num_classes: usize) -> Result<Vec<usize>> {
             "there must be at least one class",
         ));
     }
-    if scores.len() % num_classes != 0 {
+    if !scores.len().is_multiple_of(num_classes) {
         return Err(MetricsError::ScoresShape {
             scores: scores.len(),
             labels: scores.len() / num_classes,

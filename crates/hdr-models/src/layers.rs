@@ -188,7 +188,7 @@ impl Conv {
         let (c, h, w) = t.chw()?;
         if spec.groups == 0
             || c % spec.groups != 0
-            || spec.out % spec.groups != 0
+            || !spec.out.is_multiple_of(spec.groups)
             || spec.stride == 0
         {
             return Err(ModelError::InvalidConfig {

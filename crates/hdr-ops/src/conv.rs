@@ -183,7 +183,7 @@ fn validate(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> R
 /// when `x` does not track gradients (e.g. the network input). Other devices, dtypes and group
 /// counts fall back to candle's own `conv2d`.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
-    crate::util::tune_allocator();
+    crate::util::setup();
     let g = validate(x, w, b, cfg)?;
     let fast = x.device().is_cpu() && x.dtype() == DType::F32;
     let depthwise = cfg.groups == g.c_in && g.c_out == g.c_in;

@@ -8,7 +8,9 @@
 //! (selected at runtime).
 
 use crate::conv::{Activation, ConvGeom};
-use crate::util::{contiguous_cpu, cpu_f32, storage_f32, tensor_from, valid_range, with_scratch};
+use crate::util::{
+    contiguous_cpu, cpu_f32, simd_fn, storage_f32, tensor_from, valid_range, with_scratch,
+};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -134,6 +136,25 @@ struct Ctx<'a> {
     act: Activation,
     /// `Phases::tap_offsets` of this geometry.
     offs: &'a [usize],
+    /// For the input gradient of stride-1 convs: the forward context of the transposed
+    /// convolution (see `transposed_geom`).
+    dx_fwd: Option<&'a Ctx<'a>>,
+}
+
+/// For a stride-1 conv with a square kernel and `pad < k`, the input gradient is itself a
+/// stride-1 convolution: of the output gradient (`oh x ow`, padded by `k - 1 - pad`) with the
+/// kernel flipped in both axes. Computing it that way accumulates each output block in
+/// registers over all taps and stores it once, instead of one read-modify-write pass over the
+/// input-sized buffer per tap (the scatter form, which is store-bound).
+fn transposed_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    (g.stride == 1 && g.kh == g.kw && g.pad < g.kh).then(|| ConvGeom {
+        h: g.oh,
+        w: g.ow,
+        pad: g.kh - 1 - g.pad,
+        oh: g.h,
+        ow: g.w,
+        ..*g
+    })
 }
 
 /// `y = act(bias + x ⋆ w)` for one plane; `xph` is scratch of `Phases::len()`.
@@ -141,7 +162,7 @@ struct Ctx<'a> {
 /// Each block of `L` outputs is accumulated in registers over all taps and stored once.
 #[inline(always)]
 fn fwd_plane_impl(ctx: &Ctx<'_>, x: &[f32], w: &[f32], bias: f32, y: &mut [f32], xph: &mut [f32]) {
-    let Ctx { g, act, offs } = *ctx;
+    let Ctx { g, act, offs, .. } = *ctx;
     let ph = Phases::new(g);
     ph.pack(x, xph);
     for (oh, yr) in y.chunks_exact_mut(g.ow).enumerate() {
@@ -188,12 +209,11 @@ fn bwd_plane_impl(
     out: PlaneGrads<'_>,
     scratch: &mut [f32],
 ) {
-    let Ctx { g, act, offs } = *ctx;
+    let Ctx { g, act, offs, .. } = *ctx;
     let ph = Phases::new(g);
     let owp = ow_padded(g);
     let (gm, rest) = scratch.split_at_mut(g.oh * owp);
-    let (xph, rest) = rest.split_at_mut(ph.len());
-    let dxph = &mut rest[..ph.len()];
+    let (xph, dxph) = rest.split_at_mut(ph.len());
     // Masked gradient with rows padded to whole blocks by zeros, so padded lanes contribute
     // nothing below.
     for ((gr, gyr), yr) in gm
@@ -232,32 +252,52 @@ fn bwd_plane_impl(
             *d = acc.iter().sum();
         }
     }
-    if let Some(dx) = out.dx {
-        // Transposed stencil: scatter w * g into the padded phase layout, then drop padding.
-        // Taps are the outer loop so that consecutive read-modify-writes touch disjoint blocks
-        // (tap-inner order overlaps the previous store and stalls on store forwarding).
-        dxph.fill(0.0);
-        for (&wv, &off) in w.iter().zip(offs) {
-            for (oh, gr) in gm.chunks_exact(owp).enumerate() {
-                let row0 = oh * g.stride * ph.wr + off;
-                for o in (0..owp).step_by(L) {
-                    // Copy into registers: both buffers live in one scratch slice, so LLVM
-                    // cannot rule out aliasing otherwise and emits scalar code.
-                    let Some(&gb) = block(gr, o) else { continue };
-                    if let Some(dst) = block_mut(dxph, row0 + o) {
-                        for l in 0..L {
-                            dst[l] += wv * gb[l];
-                        }
+    let Some(dx) = out.dx else { return };
+    if let Some(t) = ctx.dx_fwd {
+        // Gather form (see `transposed_geom`): the masked gradient without row padding, the
+        // flipped kernel, then the forward stencil.
+        let kk = w.len();
+        let (gu, rest) = dxph.split_at_mut(g.oh * g.ow);
+        let (wf, tph) = rest.split_at_mut(kk);
+        for (dst, src) in gu.chunks_exact_mut(g.ow).zip(gm.chunks_exact(owp)) {
+            dst.copy_from_slice(&src[..g.ow]);
+        }
+        for (d, &v) in wf.iter_mut().zip(w.iter().rev()) {
+            *d = v;
+        }
+        fwd_plane_impl(t, gu, wf, 0.0, dx, tph);
+        return;
+    }
+    // Transposed stencil: scatter w * g into the padded phase layout, then drop padding.
+    // Taps are the outer loop so that consecutive read-modify-writes touch disjoint blocks
+    // (tap-inner order overlaps the previous store and stalls on store forwarding).
+    dxph.fill(0.0);
+    for (&wv, &off) in w.iter().zip(offs) {
+        for (oh, gr) in gm.chunks_exact(owp).enumerate() {
+            let row0 = oh * g.stride * ph.wr + off;
+            for o in (0..owp).step_by(L) {
+                // Copy into registers: both buffers live in one scratch slice, so LLVM
+                // cannot rule out aliasing otherwise and emits scalar code.
+                let Some(&gb) = block(gr, o) else { continue };
+                if let Some(dst) = block_mut(dxph, row0 + o) {
+                    for l in 0..L {
+                        dst[l] += wv * gb[l];
                     }
                 }
             }
         }
-        ph.unpack(dxph, dx);
     }
+    ph.unpack(dxph, dx);
 }
 
 fn bwd_scratch_len(g: &ConvGeom) -> usize {
-    g.oh * ow_padded(g) + 2 * Phases::new(g).len()
+    let ph = Phases::new(g).len();
+    // The last part holds either the scatter buffer or the gather form's inputs.
+    let dx_part = match transposed_geom(g) {
+        Some(t) => ph.max(g.oh * g.ow + g.kh * g.kw + Phases::new(&t).len()),
+        None => ph,
+    };
+    g.oh * ow_padded(g) + ph + dx_part
 }
 
 /// Whether the AVX2+FMA versions of the plane kernels can run (cached by std).
@@ -326,6 +366,221 @@ fn bwd_plane(
     bwd_plane_impl(ctx, x, w, y, gy, out, scratch)
 }
 
+/// Narrow planes (fewer output columns than a register block: the 7x7 and 4x4 layers of a
+/// small MobileNet) waste most lanes of the row-vectorised kernels above and pay their
+/// per-plane setup for a handful of outputs. For those, `L` channels of one image are
+/// interleaved (`[h][w][L]`, zero-padded) so that every tap is one full-width multiply-add
+/// across channels, whatever the plane size, stride or padding.
+fn use_channel_vectors(g: &ConvGeom) -> bool {
+    g.ow < L
+}
+
+/// Per-call constants of the channel-vector kernels.
+struct CvCtx<'a> {
+    g: &'a ConvGeom,
+    act: Activation,
+    /// Weights as `[c / L][kh * kw][L]` (zero lanes past the last channel).
+    wt: &'a [f32],
+    /// Bias as `[c / L][L]`.
+    bt: &'a [f32],
+    /// Padded width.
+    wp: usize,
+}
+
+impl CvCtx<'_> {
+    /// Floats of one interleaved padded group.
+    fn packed_len(g: &ConvGeom) -> usize {
+        (g.h + 2 * g.pad) * (g.w + 2 * g.pad) * L
+    }
+
+    /// `[c][k]` (one row per channel) to `[c / L][k][L]` with zero lanes.
+    fn interleave(v: &[f32], c: usize, k: usize) -> Vec<f32> {
+        let groups = c.div_ceil(L);
+        let mut out = vec![0f32; groups * k * L];
+        for (ci, row) in v.chunks_exact(k).enumerate().take(c) {
+            let (grp, l) = (ci / L, ci % L);
+            for (t, &val) in row.iter().enumerate() {
+                out[(grp * k + t) * L + l] = val;
+            }
+        }
+        out
+    }
+
+    /// Interleaves channels `c0..c0 + nl` of the image `x` (`[c][h][w]`) into `xp`.
+    #[inline(always)]
+    fn pack(&self, x: &[f32], c0: usize, nl: usize, xp: &mut [f32]) {
+        let (g, hw) = (self.g, self.g.h * self.g.w);
+        xp.fill(0.0);
+        for l in 0..nl {
+            let plane = &x[(c0 + l) * hw..][..hw];
+            for (ih, row) in plane.chunks_exact(g.w).enumerate() {
+                let base = ((ih + g.pad) * self.wp + g.pad) * L + l;
+                for (iw, &v) in row.iter().enumerate() {
+                    xp[base + iw * L] = v;
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Forward of one image: `y` is `[c][oh][ow]`, `x` is `[c][h][w]`.
+    fn cv_fwd_image(ctx: &CvCtx<'_>, x: &[f32], y: &mut [f32], xp: &mut [f32]) {
+        let g = ctx.g;
+        let (kk, n) = (g.kh * g.kw, g.n());
+        for c0 in (0..g.c_in).step_by(L) {
+            let (grp, nl) = (c0 / L, (g.c_in - c0).min(L));
+            ctx.pack(x, c0, nl, xp);
+            let wt = &ctx.wt[grp * kk * L..][..kk * L];
+            let Some(bias) = block(ctx.bt, grp * L) else { return };
+            for oh in 0..g.oh {
+                for ow in 0..g.ow {
+                    let mut acc = *bias;
+                    for ki in 0..g.kh {
+                        let row = (oh * g.stride + ki) * ctx.wp + ow * g.stride;
+                        for kj in 0..g.kw {
+                            if let (Some(wv), Some(src)) =
+                                (block(wt, (ki * g.kw + kj) * L), block(xp, (row + kj) * L))
+                            {
+                                for l in 0..L {
+                                    acc[l] += wv[l] * src[l];
+                                }
+                            }
+                        }
+                    }
+                    if ctx.act == Activation::Relu {
+                        acc.iter_mut().for_each(|v| *v = v.max(0.0));
+                    }
+                    let o = oh * g.ow + ow;
+                    for (l, &v) in acc.iter().enumerate().take(nl) {
+                        y[(c0 + l) * n + o] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Backward outputs of one image (each only when requested): `dx` `[c][h][w]`, and this
+/// image's partial `dw` `[c][kh*kw]` and `db` `[c]`.
+struct ImageGrads<'a> {
+    dx: Option<&'a mut [f32]>,
+    dw: Option<&'a mut [f32]>,
+    db: Option<&'a mut [f32]>,
+}
+
+simd_fn! {
+    /// Backward of one image; `scratch` holds `cv_bwd_scratch_len(g)` floats.
+    fn cv_bwd_image(ctx: &CvCtx<'_>, x: &[f32], y: &[f32], gy: &[f32], out: ImageGrads<'_>, scratch: &mut [f32]) {
+        let g = ctx.g;
+        let (kk, n, hw) = (g.kh * g.kw, g.n(), g.h * g.w);
+        let plen = CvCtx::packed_len(g);
+        let (gm, rest) = scratch.split_at_mut(n * L);
+        let (xp, rest) = rest.split_at_mut(plen);
+        let (dxp, dwacc) = rest.split_at_mut(plen);
+        let dwacc = &mut dwacc[..kk * L];
+        let ImageGrads { mut dx, mut dw, mut db } = out;
+        for c0 in (0..g.c_in).step_by(L) {
+            let (grp, nl) = (c0 / L, (g.c_in - c0).min(L));
+            // Masked gradient, interleaved; lanes past the last channel stay zero.
+            gm.fill(0.0);
+            for l in 0..nl {
+                let (gp, yp) = (&gy[(c0 + l) * n..][..n], &y[(c0 + l) * n..][..n]);
+                for (o, (&gv, &yv)) in gp.iter().zip(yp).enumerate() {
+                    gm[o * L + l] = if ctx.act == Activation::Relu && yv <= 0.0 { 0.0 } else { gv };
+                }
+            }
+            if let Some(db) = db.as_deref_mut() {
+                let mut acc = [0f32; L];
+                for o in 0..n {
+                    if let Some(gb) = block(gm, o * L) {
+                        for l in 0..L {
+                            acc[l] += gb[l];
+                        }
+                    }
+                }
+                db[c0..c0 + nl].copy_from_slice(&acc[..nl]);
+            }
+            if let Some(dw) = dw.as_deref_mut() {
+                ctx.pack(x, c0, nl, xp);
+                dwacc.fill(0.0);
+                for oh in 0..g.oh {
+                    for ow in 0..g.ow {
+                        let Some(&gb) = block(gm, (oh * g.ow + ow) * L) else { continue };
+                        let row = (oh * g.stride) * ctx.wp + ow * g.stride;
+                        for ki in 0..g.kh {
+                            for kj in 0..g.kw {
+                                let src = (row + ki * ctx.wp + kj) * L;
+                                // Copied into registers: `xp` and `dwacc` share one scratch
+                                // slice, and LLVM emits scalar code when it cannot rule out
+                                // aliasing.
+                                let src = block(xp, src).copied();
+                                if let (Some(src), Some(d)) =
+                                    (src, block_mut(dwacc, (ki * g.kw + kj) * L))
+                                {
+                                    for l in 0..L {
+                                        d[l] += gb[l] * src[l];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for l in 0..nl {
+                    for t in 0..kk {
+                        dw[(c0 + l) * kk + t] = dwacc[t * L + l];
+                    }
+                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                // Scatter w * g into the padded interleaved buffer (small enough to stay in L1),
+                // then drop the padding.
+                let wt = &ctx.wt[grp * kk * L..][..kk * L];
+                dxp.fill(0.0);
+                for oh in 0..g.oh {
+                    for ow in 0..g.ow {
+                        let Some(&gb) = block(gm, (oh * g.ow + ow) * L) else { continue };
+                        let row = (oh * g.stride) * ctx.wp + ow * g.stride;
+                        for ki in 0..g.kh {
+                            for kj in 0..g.kw {
+                                let dst = (row + ki * ctx.wp + kj) * L;
+                                let wv = block(wt, (ki * g.kw + kj) * L).copied();
+                                if let (Some(wv), Some(d)) = (wv, block_mut(dxp, dst)) {
+                                    for l in 0..L {
+                                        d[l] += wv[l] * gb[l];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for l in 0..nl {
+                    let plane = &mut dx[(c0 + l) * hw..][..hw];
+                    for (ih, row) in plane.chunks_exact_mut(g.w).enumerate() {
+                        let base = ((ih + g.pad) * ctx.wp + g.pad) * L + l;
+                        for (iw, v) in row.iter_mut().enumerate() {
+                            *v = dxp[base + iw * L];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn cv_bwd_scratch_len(g: &ConvGeom) -> usize {
+    g.n() * L + 2 * CvCtx::packed_len(g) + g.kh * g.kw * L
+}
+
+/// One `Some(chunk)` per item, or all `None` when the buffer is empty (gradient not wanted).
+fn split_opt(v: &mut [f32], chunk: usize, items: usize) -> Vec<Option<&mut [f32]>> {
+    if v.is_empty() {
+        (0..items).map(|_| None).collect()
+    } else {
+        v.chunks_mut(chunk).map(Some).collect()
+    }
+}
+
 impl CustomOp3 for DepthwiseConv2d {
     fn name(&self) -> &'static str {
         "hdr-depthwise-conv2d"
@@ -354,16 +609,37 @@ impl CustomOp3 for DepthwiseConv2d {
             )
         }
         let mut y = vec![0f32; g.b * g.c_in * n];
+        if use_channel_vectors(g) {
+            let wt = CvCtx::interleave(w, g.c_in, kk);
+            let bt = CvCtx::interleave(bias, g.c_in, 1);
+            let ctx = CvCtx {
+                g,
+                act: self.act,
+                wt: &wt,
+                bt: &bt,
+                wp: g.w + 2 * g.pad,
+            };
+            let plen = CvCtx::packed_len(g);
+            y.par_chunks_mut(g.c_in * n)
+                .zip(x.par_chunks(g.c_in * hw))
+                .for_each(|(y, x)| with_scratch(plen, 0, |xp, _| cv_fwd_image(&ctx, x, y, xp)));
+            return Ok((
+                CpuStorage::F32(y),
+                Shape::from_dims(&[g.b, g.c_in, g.oh, g.ow]),
+            ));
+        }
         let ph = Phases::new(g);
         let (plen, offs) = (ph.len(), ph.tap_offsets(g.kh, g.kw));
         let ctx = Ctx {
             g,
             act: self.act,
             offs: &offs,
+            dx_fwd: None,
         };
         y.par_chunks_mut(n)
             .zip(x.par_chunks(hw))
             .enumerate()
+            .with_min_len(crate::batch_norm::plane_batch(hw))
             .for_each(|(plane, (y, x))| {
                 let c = plane % g.c_in;
                 with_scratch(plen, 0, |xph, _| {
@@ -416,30 +692,63 @@ impl CustomOp3 for DepthwiseConv2d {
         let mut dw_parts = vec![0f32; if need_w { planes * kk } else { 0 }];
         let mut db_parts = vec![0f32; if need_b { planes } else { 0 }];
         let mut dx = vec![0f32; if need_x { planes * hw } else { 0 }];
-        {
-            /// One `Some(chunk)` per plane, or all `None` when the gradient is not wanted.
-            fn split(v: &mut [f32], chunk: usize, planes: usize) -> Vec<Option<&mut [f32]>> {
-                if v.is_empty() {
-                    (0..planes).map(|_| None).collect()
-                } else {
-                    v.chunks_mut(chunk).map(Some).collect()
-                }
-            }
-            let dw_chunks = split(&mut dw_parts, kk, planes);
-            let db_chunks = split(&mut db_parts, 1, planes);
-            let dx_chunks = split(&mut dx, hw, planes);
+        if use_channel_vectors(g) {
+            let wt = CvCtx::interleave(wd, c, kk);
+            let ctx = CvCtx {
+                g,
+                act: self.act,
+                wt: &wt,
+                bt: &[],
+                wp: g.w + 2 * g.pad,
+            };
+            let slen = cv_bwd_scratch_len(g);
+            split_opt(&mut dw_parts, c * kk, g.b)
+                .into_par_iter()
+                .zip(split_opt(&mut db_parts, c, g.b))
+                .zip(split_opt(&mut dx, c * hw, g.b))
+                .enumerate()
+                .for_each(|(bi, ((dw, db), dx))| {
+                    let out = ImageGrads { dx, dw, db };
+                    with_scratch(slen, 0, |scratch, _| {
+                        cv_bwd_image(
+                            &ctx,
+                            &xd[bi * c * hw..][..c * hw],
+                            &yd[bi * c * n..][..c * n],
+                            &gd[bi * c * n..][..c * n],
+                            out,
+                            scratch,
+                        )
+                    });
+                });
+        } else {
+            let dw_chunks = split_opt(&mut dw_parts, kk, planes);
+            let db_chunks = split_opt(&mut db_parts, 1, planes);
+            let dx_chunks = split_opt(&mut dx, hw, planes);
             let slen = bwd_scratch_len(g);
             let offs = Phases::new(g).tap_offsets(g.kh, g.kw);
+            let tg = transposed_geom(g);
+            let toffs = tg
+                .as_ref()
+                .map(|t| Phases::new(t).tap_offsets(t.kh, t.kw))
+                .unwrap_or_default();
+            let tctx = tg.as_ref().map(|t| Ctx {
+                g: t,
+                act: Activation::None,
+                offs: &toffs,
+                dx_fwd: None,
+            });
             let ctx = Ctx {
                 g,
                 act: self.act,
                 offs: &offs,
+                dx_fwd: tctx.as_ref(),
             };
             dw_chunks
                 .into_par_iter()
                 .zip(db_chunks)
                 .zip(dx_chunks)
                 .enumerate()
+                .with_min_len(crate::batch_norm::plane_batch(hw))
                 .for_each(|(plane, ((dwp, dbp), dxp))| {
                     let ci = plane % c;
                     let out = PlaneGrads {

@@ -10,12 +10,15 @@
 //!   direct depthwise kernel when `groups == in_channels == out_channels`; the input gradient is
 //!   skipped when the input does not track gradients;
 //! - [`max_pool2d`], [`avg_pool2d`] for any kernel/stride/padding, and [`global_avg_pool2d`];
-//! - [`batch_norm2d`]: training-mode batch norm (+ optional ReLU) as one fused op.
+//! - [`batch_norm2d`]: training-mode batch norm (+ optional ReLU) as one fused op, and
+//!   [`channel_affine2d`], the per-channel scale + shift (+ ReLU) of evaluation-mode batch norm.
 //!
-//! Two process-wide costs of stock candle are handled here rather than left to users: the
-//! thread count is computed once (candle's matmul re-reads it on every call), and on
-//! Linux/glibc [`tune_allocator`] runs on first use so that the fresh buffer every op returns
-//! is recycled instead of being page-faulted in from new `mmap`s.
+//! Three process-wide costs of stock candle are handled here rather than left to users: the
+//! thread count is computed once (candle's matmul re-reads it on every call); on Linux/glibc
+//! [`tune_allocator`] runs on first use so that the fresh buffer every op returns is recycled
+//! instead of being page-faulted in from new `mmap`s; and unless `CANDLE_NUM_THREADS` is set,
+//! the first op sets it to 1 so that candle's own spin-waiting elementwise thread pool does not
+//! compete with rayon's (which runs this crate's kernels) for the cores.
 //!
 //! The fast paths cover `f32` tensors on the CPU; other devices and dtypes fall back to candle's
 //! own ops with the same semantics, so a model written against this crate still runs on CUDA or
@@ -48,7 +51,7 @@ mod error;
 mod pool;
 mod util;
 
-pub use batch_norm::{batch_norm2d, BatchNormOutput};
+pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput};
 pub use conv::{conv2d, Activation, Conv2dConfig};
 pub use error::{OpsError, Result};
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};

@@ -98,7 +98,7 @@ impl PoolGeom {
 }
 
 fn fast_path(x: &Tensor) -> bool {
-    crate::util::tune_allocator();
+    crate::util::setup();
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 

@@ -39,6 +39,37 @@ pub fn tune_allocator() {
     });
 }
 
+/// Process-wide setup, once, on the first CPU op of this crate: [`tune_allocator`] and
+/// [`limit_candle_pool`].
+pub(crate) fn setup() {
+    tune_allocator();
+    limit_candle_pool();
+}
+
+/// Keeps candle's elementwise thread pool to the calling thread, unless the user chose a size
+/// (`CANDLE_NUM_THREADS` set).
+///
+/// candle 0.11 runs large elementwise ops (notably the `zeros + grad` accumulation that its
+/// backward pass does for every gradient) on a private pool of spin-waiting threads, separate
+/// from rayon's pool that our kernels use. With as many rayon workers as cores, the two pools
+/// compete: in a MobileNet training step ~17% of the samples were candle's workers and main
+/// thread spinning on its barrier (waiting for a worker descheduled by a rayon worker), more
+/// than those memory-bound adds gain from a second thread. candle sizes that pool once, from
+/// `CANDLE_NUM_THREADS`, when it first runs a large elementwise op, and has no API for it, so
+/// the variable is set here; this only takes effect if candle has not created the pool yet
+/// (e.g. a model built and run through this crate).
+fn limit_candle_pool() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // Not `unsafe` in edition 2021, but racy against C code reading the environment
+            // concurrently; Rust's own readers take std's environment lock. This runs once,
+            // before candle reads the variable.
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    });
+}
+
 /// Whether AVX2 and FMA are available (cached by std).
 #[cfg(target_arch = "x86_64")]
 #[inline]

@@ -144,3 +144,54 @@ fn rejects_bad_shapes_and_eps() {
         Err(hdr_ops::OpsError::InvalidConfig { .. })
     ));
 }
+
+/// `channel_affine2d` (evaluation-mode batch norm) against the composed candle ops in f64, with
+/// autograd for x, scale and shift; same tolerance as above.
+fn check_affine(c: Case) -> Result<(), String> {
+    let run = |dtype: DType| -> candle_core::Result<Vec<Vec<f32>>> {
+        let x = Var::from_tensor(&tensor(c.seed, &[c.b, c.c, c.h, c.w]).to_dtype(dtype)?)?;
+        let scale = Var::from_tensor(&tensor(c.seed + 1, &[c.c]).to_dtype(dtype)?)?;
+        let shift = Var::from_tensor(&tensor(c.seed + 2, &[c.c]).to_dtype(dtype)?)?;
+        let r = tensor(c.seed + 3, &[c.b, c.c, c.h, c.w]).to_dtype(dtype)?;
+        let act = if c.relu {
+            Activation::Relu
+        } else {
+            Activation::None
+        };
+        // f64 takes the composed fallback (broadcast_mul, broadcast_add, relu).
+        let y =
+            hdr_ops::channel_affine2d(&x, &scale, &shift, act).map_err(candle_core::Error::wrap)?;
+        let grads = (&y * &r)?.sum_all()?.backward()?;
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32).map(|t| to_vec(&t));
+        let mut out = vec![f32s(&y)?];
+        for v in [&x, &scale, &shift] {
+            match grads.get(v) {
+                Some(g) => out.push(f32s(g)?),
+                None => candle_core::bail!("missing gradient"),
+            }
+        }
+        Ok(out)
+    };
+    let fast = run(DType::F32).map_err(|e| e.to_string())?;
+    let reference = run(DType::F64).map_err(|e| e.to_string())?;
+    for (name, (got, want)) in ["y", "dx", "dscale", "dshift"]
+        .iter()
+        .zip(fast.iter().zip(&reference))
+    {
+        close_tol(name, got, want, TOL, TOL)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn channel_affine_matches_composed_ops(
+        (b, c, h, w) in (1usize..=4, 1usize..=6, 1usize..=9, 1usize..=9),
+        relu in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        check_affine(Case { b, c, h, w, relu, seed: seed >> 8 }).map_err(TestCaseError::fail)?;
+    }
+}

@@ -205,8 +205,72 @@ fn depthwise_case() -> impl Strategy<Value = Case> {
     })
 }
 
+/// Square kernels at stride 1 with `pad < k`: the input gradient takes the gather form (the
+/// transposed convolution as a forward stencil), on planes up to several register blocks wide.
+fn depthwise_stride1_case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=3, 1usize..=12, 1usize..=20, 1usize..=20),
+        (1usize..=5, 0usize..=4),
+        (any::<bool>(), any::<bool>(), any::<u64>()),
+    )
+        .prop_map(|((b, c, h, w), (k, pad), (relu, bias, seed))| Case {
+            b,
+            c_in: c,
+            c_out: c,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            stride: 1,
+            pad: pad.min(k - 1),
+            groups: c,
+            relu,
+            bias,
+            seed: seed >> 8,
+        })
+        .prop_filter("kernel fits", Case::valid)
+}
+
+/// Narrow outputs (fewer than 8 columns) take the channel-interleaved kernels: any kernel,
+/// stride and padding, channel counts on both sides of the 8-lane groups.
+fn depthwise_narrow_case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=3, 1usize..=19, 1usize..=9, 1usize..=9),
+        (1usize..=4, 1usize..=4, 1usize..=3, 0usize..=2),
+        (any::<bool>(), any::<bool>(), any::<u64>()),
+    )
+        .prop_map(
+            |((b, c, h, w), (kh, kw, stride, pad), (relu, bias, seed))| Case {
+                b,
+                c_in: c,
+                c_out: c,
+                h,
+                w,
+                kh,
+                kw,
+                stride,
+                pad,
+                groups: c,
+                relu,
+                bias,
+                seed: seed >> 8,
+            },
+        )
+        .prop_filter("kernel fits, narrow output", |c| c.valid() && c.ow() < 8)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn depthwise_narrow_conv_matches_reference(c in depthwise_narrow_case()) {
+        check(c).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn depthwise_stride1_conv_matches_reference(c in depthwise_stride1_case()) {
+        check(c).map_err(TestCaseError::fail)?;
+    }
 
     #[test]
     fn dense_conv_matches_reference(c in dense_case()) {

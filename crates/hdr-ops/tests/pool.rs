@@ -142,7 +142,7 @@ fn check(c: Case, kind: Kind) -> Result<(), String> {
         // gradient is scaled by 1/k² (it multiplies by the mask's window average instead of
         // dividing by the number of maxima), so only average pooling is compared here; the
         // naive loops above are the max-pool gradient reference.
-        if kind == Kind::Avg && c.k == c.s && c.h % c.k == 0 && c.w % c.k == 0 {
+        if kind == Kind::Avg && c.k == c.s && c.h.is_multiple_of(c.k) && c.w.is_multiple_of(c.k) {
             let gc = (&yc * &rt)
                 .and_then(|l| l.sum_all())
                 .and_then(|l| l.backward())
