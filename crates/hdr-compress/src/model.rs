@@ -251,95 +251,21 @@ fn vec_of(params: &HashMap<String, Tensor>, name: &str) -> Result<(Vec<f32>, Vec
     Ok((t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec()))
 }
 
-/// Runs `graph` in f32 with candle, returning every node's value (for calibration).
+/// Runs `graph` in f32, returning every node's value (for calibration).
 fn run_all(graph: &Graph, params: &HashMap<String, Tensor>, x: &Tensor) -> Result<Vec<Tensor>> {
-    let get = |n: &str| params.get(n).cloned().ok_or_else(|| missing(n));
-    let mut v: Vec<Tensor> = Vec::with_capacity(graph.nodes.len());
-    for (i, node) in graph.nodes.iter().enumerate() {
-        let arg = |k: NodeId| {
-            v.get(k)
-                .filter(|_| k < i)
-                .ok_or(CompressError::Unsupported {
-                    node: i,
-                    reason: format!("reads node {k}, which does not precede it"),
-                })
-        };
-        let y = match node {
-            Node::Input => x.clone(),
-            Node::Repeat3 { input } => arg(*input)?.repeat((1, 3, 1, 1))?,
-            Node::Conv {
-                input,
-                weight,
-                bias,
-                stride,
-                padding,
-                groups,
-            } => {
-                // The zoo's fast kernels: candle's own grouped convolution is far slower.
-                let b = bias.as_deref().map(get).transpose()?;
-                let cfg = hdr_ops::Conv2dConfig {
-                    stride: *stride,
-                    padding: *padding,
-                    groups: *groups,
-                    ..hdr_ops::Conv2dConfig::default()
-                };
-                hdr_ops::conv2d(arg(*input)?, &get(weight)?, b.as_ref(), &cfg)
-                    .map_err(hdr_models::ModelError::from)?
-            }
-            Node::BatchNorm { input, prefix } => {
-                let p = |s: &str| get(&format!("{prefix}.{s}"));
-                let scale = (p("weight")? / (p("running_var")? + BN_EPS as f64)?.sqrt()?)?;
-                let shift = (p("bias")? - (p("running_mean")? * &scale)?)?;
-                arg(*input)?
-                    .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
-                    .broadcast_add(&shift.reshape((1, (), 1, 1))?)?
-            }
-            Node::Activation { input, activation } => {
-                let x = arg(*input)?;
-                match activation {
-                    Activation::Relu => x.relu()?,
-                    Activation::Relu6 => x.clamp(0f32, 6f32)?,
-                    Activation::Tanh => x.tanh()?,
-                    Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-                }
-            }
-            Node::MaxPool {
-                input,
-                kernel,
-                stride,
-            } => arg(*input)?.max_pool2d_with_stride(*kernel, *stride)?,
-            Node::AvgPool {
-                input,
-                kernel,
-                stride,
-            } => arg(*input)?.avg_pool2d_with_stride(*kernel, *stride)?,
-            Node::GlobalAvgPool { input } => arg(*input)?.mean((2, 3))?,
-            Node::Flatten { input } => arg(*input)?.flatten_from(1)?,
-            Node::Linear {
-                input,
-                weight,
-                bias,
-            } => arg(*input)?
-                .matmul(&get(weight)?.t()?)?
-                .broadcast_add(&get(bias)?)?,
-            Node::Add { a, b } => (arg(*a)? + arg(*b)?)?,
-            Node::Concat { inputs } => {
-                let parts = inputs
-                    .iter()
-                    .map(|&k| arg(k).cloned())
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 1)?
-            }
-            _ => {
-                return Err(CompressError::Unsupported {
-                    node: i,
-                    reason: format!("unknown node {node:?}"),
-                })
-            }
-        };
-        v.push(y);
+    if let Some(n) = graph.parameters().iter().find(|n| !params.contains_key(*n)) {
+        return Err(missing(n));
     }
-    Ok(v)
+    let get = |n: &str| {
+        params
+            .get(n)
+            .cloned()
+            .ok_or_else(|| hdr_models::ModelError::InvalidConfig {
+                model: "graph",
+                reason: format!("no parameter {n}"),
+            })
+    };
+    Ok(graph.values_with(x, &get)?)
 }
 
 /// Quantizes a bias with scale `s_in * s_w[j]`, saturating well inside i32.

@@ -159,6 +159,21 @@ impl Graph {
 
     /// [`Graph::run`] with parameters from any lookup (e.g. dequantised or pruned tensors).
     pub fn run_with(&self, x: &Tensor, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Tensor> {
+        self.values_with(x, get)?
+            .pop()
+            .ok_or_else(|| ModelError::InvalidConfig {
+                model: "graph",
+                reason: "empty graph".into(),
+            })
+    }
+
+    /// The value of every node, in order (e.g. to calibrate activation ranges), with parameters
+    /// from `get`. Convolutions run on the `hdr-ops` kernels.
+    pub fn values_with(
+        &self,
+        x: &Tensor,
+        get: &dyn Fn(&str) -> Result<Tensor>,
+    ) -> Result<Vec<Tensor>> {
         let mut values: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
             let arg = |k: NodeId| -> Result<&Tensor> {
@@ -181,11 +196,14 @@ impl Graph {
                     padding,
                     groups,
                 } => {
-                    let y = arg(*input)?.conv2d(&get(weight)?, *padding, *stride, 1, *groups)?;
-                    match bias {
-                        Some(b) => y.broadcast_add(&get(b)?.reshape((1, (), 1, 1))?)?,
-                        None => y,
-                    }
+                    let b = bias.as_deref().map(get).transpose()?;
+                    let cfg = hdr_ops::Conv2dConfig {
+                        stride: *stride,
+                        padding: *padding,
+                        groups: *groups,
+                        ..hdr_ops::Conv2dConfig::default()
+                    };
+                    hdr_ops::conv2d(arg(*input)?, &get(weight)?, b.as_ref(), &cfg)?
                 }
                 Node::BatchNorm { input, prefix } => {
                     let (w, b) = (
@@ -233,10 +251,7 @@ impl Graph {
             };
             values.push(v);
         }
-        values.pop().ok_or_else(|| ModelError::InvalidConfig {
-            model: "graph",
-            reason: "empty graph".into(),
-        })
+        Ok(values)
     }
 
     /// Names of every parameter the graph reads.
