@@ -1,5 +1,7 @@
 use std::fmt;
 
+use hdr_metrics::format_count;
+
 /// One row of a [`Summary`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LayerSummary {
@@ -56,19 +58,6 @@ fn shape(s: &[usize]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
-/// Thousands separators, for counts people read.
-pub(crate) fn grouped(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name_w = self
@@ -101,31 +90,35 @@ impl fmt::Display for Summary {
                 l.name,
                 l.kind,
                 shape(&l.output),
-                grouped(l.params as u64),
-                grouped(l.macs)
+                format_count(l.params as u64),
+                format_count(l.macs)
             )?;
         }
         writeln!(f, "{line}")?;
-        writeln!(f, "Trainable params: {}", grouped(self.params() as u64))?;
+        writeln!(
+            f,
+            "Trainable params: {}",
+            format_count(self.params() as u64)
+        )?;
         writeln!(
             f,
             "Buffers (batch-norm statistics): {}",
-            grouped(self.buffers as u64)
+            format_count(self.buffers as u64)
         )?;
-        writeln!(f, "MACs per image: {}", grouped(self.macs()))?;
+        writeln!(f, "MACs per image: {}", format_count(self.macs()))?;
         write!(f, "Output: {}", shape(self.output()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::format_count;
 
     #[test]
     fn grouping() {
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(61_706), "61,706");
-        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(format_count(0), "0");
+        assert_eq!(format_count(999), "999");
+        assert_eq!(format_count(61_706), "61,706");
+        assert_eq!(format_count(1_234_567), "1,234,567");
     }
 }
