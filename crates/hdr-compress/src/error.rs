@@ -24,6 +24,15 @@ pub enum CompressError {
         reason: String,
     },
 
+    /// Structured pruning met a graph whose values do not flow in a single chain.
+    #[error("structured pruning supports sequential graphs only: node {node} is {what}")]
+    NotSequential {
+        /// Index of the node in the graph.
+        node: usize,
+        /// What it is, in words (e.g. "a residual addition").
+        what: String,
+    },
+
     /// A parameter the graph names is not in the variable map.
     #[error("no parameter {name:?} in the variable map")]
     MissingParameter {
@@ -77,6 +86,14 @@ pub enum CompressError {
     /// An error from training (fine-tuning after pruning).
     #[error(transparent)]
     Train(#[from] hdr_train::TrainError),
+
+    /// An error from the dataset (fine-tuning and evaluation batches).
+    #[error(transparent)]
+    Data(#[from] hdr_data::DataError),
+
+    /// An error from measuring (latency statistics).
+    #[error(transparent)]
+    Metrics(#[from] hdr_metrics::MetricsError),
 
     /// An error from candle.
     #[error(transparent)]

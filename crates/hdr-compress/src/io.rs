@@ -14,7 +14,33 @@ use crate::model::{LayerWeights, OpRecord, QuantizedModel};
 /// Value of the `format` metadata key of quantized-model files.
 pub const QUANTIZED_FORMAT: &str = "hdr-compress/int8/1";
 
-fn format_err(path: &Path, reason: impl Into<String>) -> CompressError {
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a
+/// failed write leaves nothing (or the previous file) behind.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |source| CompressError::Io {
+        path: path.into(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let mut builder = tempfile::Builder::new();
+    // Readable by others like any file the user writes (tempfile's default is 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(&dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+pub(crate) fn format_err(path: &Path, reason: impl Into<String>) -> CompressError {
     CompressError::Format {
         path: path.into(),
         reason: reason.into(),
@@ -69,21 +95,7 @@ impl QuantizedModel {
 
     /// Writes the model to `path` atomically (temporary file in the same folder, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes()?;
-        let io = |source| CompressError::Io {
-            path: path.into(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-        tmp.write_all(&bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        Ok(())
+        write_atomic(path, &self.to_bytes()?)
     }
 
     /// Reads a model written by [`QuantizedModel::save`].

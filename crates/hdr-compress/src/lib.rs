@@ -1,5 +1,5 @@
 //! Compression for the `hdr` model zoo: int8 post-training quantization that really runs in
-//! integers, and magnitude pruning.
+//! integers, magnitude pruning, and structured (channel) pruning.
 //!
 //! - **Quantization** (static, post-training, like PyTorch's prepare -> calibrate -> convert):
 //!   [`QuantizedModel::quantize`] takes any zoo model's [`Graph`](hdr_models::Graph), its
@@ -16,13 +16,24 @@
 //!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller.
 //! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`] or [`Scope::Global`]),
 //!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015), [`sparsity_report`].
+//! - **Structured pruning** (Li et al. 2017): [`StructuredModel::fold`] folds a model's batch
+//!   norms into its convolutions (the folding quantization uses); [`StructuredModel::prune`]
+//!   removes whole convolution channels and hidden units by the L1 norm of their filters, the
+//!   same fraction per layer, down to a MAC budget ([`StructuredConfig`]), and rebuilds a smaller
+//!   dense [`Graph`](hdr_models::Graph) model that runs on the `hdr-ops` kernels, fine-tunes
+//!   ([`StructuredModel::fine_tune`]), saves and loads, and quantizes. Sequential graphs only:
+//!   residual additions and concatenations give [`CompressError::NotSequential`].
+//! - **Comparison**: [`measure`] a variant ([`Inference`]: f32 models, [`QuantizedModel`],
+//!   [`StructuredModel`]) for file size, non-zero parameters, MACs, accuracy and latency;
+//!   [`render_text`], [`render_markdown`] and [`results_markdown`] tabulate the
+//!   [`VariantReport`]s (the `compress` example).
 //!
 //! Rounding is half away from zero everywhere (quantization and requantization).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
-//! use hdr_compress::{QuantizeConfig, QuantizedModel};
+//! use hdr_compress::{QuantizeConfig, QuantizedModel, StructuredConfig, StructuredModel};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let vars = VarMap::new();
@@ -33,23 +44,35 @@
 //! let logits = q.forward(&calibration[0])?; // integer inference, f32 logits
 //! assert_eq!(logits.dims(), &[16, 10]);
 //! assert!(q.to_bytes()?.len() < 70_000); // f32: 247 kB
+//!
+//! let half = StructuredModel::fold("lenet5", &model.graph(), &vars)?
+//!     .prune(&StructuredConfig { macs_fraction: 0.5 })?; // fewer channels, still dense
+//! assert!(half.macs()? <= model.summary().macs() / 2);
+//! assert_eq!(half.forward(&calibration[0])?.dims(), &[16, 10]);
 //! # Ok(())
 //! # }
 //! ```
 #![warn(missing_docs)]
 
 mod error;
+mod fold;
 mod io;
 mod kernels;
+mod measure;
 mod model;
 mod prune;
 mod quant;
+mod structured;
 
 pub use error::{CompressError, Result};
 pub use io::QUANTIZED_FORMAT;
 pub use kernels::{
     add, avg_pool, concat, conv2d, depthwise_conv2d, gemm_u8i8, im2col, max_pool, requantize,
     ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale, MAX_K,
+};
+pub use measure::{
+    accuracy, machine_description, measure, render_markdown, render_text, results_markdown,
+    write_results, Inference, MeasureSettings, VariantReport,
 };
 pub use model::{LayerError, QuantizeConfig, QuantizedModel};
 pub use prune::{
@@ -58,4 +81,7 @@ pub use prune::{
 };
 pub use quant::{
     dequantize, quantize, quantize_per_channel, Observer, PerChannel, QuantParams, RangeObserver,
+};
+pub use structured::{
+    graph_macs, ChannelSelection, LayerWidth, StructuredConfig, StructuredModel, STRUCTURED_FORMAT,
 };

@@ -9,11 +9,9 @@ use hdr_models::{Activation, Graph, Node, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
+use crate::fold::{folded_conv, missing, read_params, vec_of, BatchNorm};
 use crate::kernels::{self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale};
 use crate::quant::{quantize_per_channel, Observer, QuantParams, RangeObserver};
-
-/// Batch-norm epsilon of the zoo.
-const BN_EPS: f32 = 1e-5;
 
 /// How [`QuantizedModel::quantize`] works.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,30 +225,6 @@ pub struct QuantizedModel {
     isa: Isa,
 }
 
-fn missing(name: &str) -> CompressError {
-    CompressError::MissingParameter { name: name.into() }
-}
-
-/// The f32 parameters of `vars`, by name.
-fn read_params(vars: &VarMap) -> Result<HashMap<String, Tensor>> {
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| CompressError::InvalidConfig {
-            name: "vars",
-            value: "poisoned lock".into(),
-            reason: "a thread panicked while holding the variable map",
-        })?;
-    data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?)))
-        .collect()
-}
-
-fn vec_of(params: &HashMap<String, Tensor>, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-    let t = params.get(name).ok_or_else(|| missing(name))?;
-    Ok((t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec()))
-}
-
 /// Runs `graph` in f32, returning every node's value (for calibration).
 fn run_all(graph: &Graph, params: &HashMap<String, Tensor>, x: &Tensor) -> Result<Vec<Tensor>> {
     if let Some(n) = graph.parameters().iter().find(|n| !params.contains_key(*n)) {
@@ -360,12 +334,11 @@ fn equalize(graph: &Graph, params: &mut HashMap<String, Tensor>) -> Result<()> {
         let per_a = wav.len() / c;
         let bn_scale: Vec<f32> = match &bn {
             Some(p) => {
-                let g = vec_of(params, &format!("{p}.weight"))?.0;
-                let v = vec_of(params, &format!("{p}.running_var"))?.0;
-                g.iter()
-                    .zip(&v)
-                    .map(|(g, v)| (g / (v + BN_EPS).sqrt()).abs())
-                    .collect()
+                let bn = BatchNorm::read(params, p)?;
+                if bn.len() != c {
+                    continue;
+                }
+                (0..c).map(|j| bn.scale(j).abs()).collect()
             }
             None => vec![1.0; c],
         };
@@ -528,7 +501,16 @@ impl QuantizedModel {
                     groups,
                 } => {
                     let input = input_of(*input)?;
-                    let (mut w, shape) = vec_of(&params, weight)?;
+                    let bn = only_user(end).and_then(|u| match &nodes[u] {
+                        Node::BatchNorm { prefix, .. } => Some((u, prefix.as_str())),
+                        _ => None,
+                    });
+                    let (w, shape, b) =
+                        folded_conv(&params, weight, bias.as_deref(), bn.map(|(_, p)| p))?;
+                    if let Some((u, _)) = bn {
+                        end = u;
+                        absorbed[u] = true;
+                    }
                     let bad = |expected: &str| CompressError::BadParameter {
                         name: weight.clone(),
                         expected: expected.into(),
@@ -539,36 +521,6 @@ impl QuantizedModel {
                     };
                     if k != k2 {
                         return Err(bad("a square kernel"));
-                    }
-                    let mut b = match bias {
-                        Some(b) => vec_of(&params, b)?.0,
-                        None => vec![0.0; o],
-                    };
-                    if b.len() != o {
-                        return Err(bad("as many biases as output channels"));
-                    }
-                    if let Some(u) = only_user(end) {
-                        if let Node::BatchNorm { prefix, .. } = &nodes[u] {
-                            let p = |s: &str| vec_of(&params, &format!("{prefix}.{s}"));
-                            let (g, beta, mean, var) = (
-                                p("weight")?.0,
-                                p("bias")?.0,
-                                p("running_mean")?.0,
-                                p("running_var")?.0,
-                            );
-                            if [g.len(), beta.len(), mean.len(), var.len()] != [o; 4] {
-                                return Err(bad("a batch norm of the same width"));
-                            }
-                            // Exact in f32: y = (conv(x) + b - mean) * s + beta, s = g / sqrt(var + eps).
-                            let per = w.len() / o;
-                            for j in 0..o {
-                                let s = g[j] / (var[j] + BN_EPS).sqrt();
-                                w[j * per..(j + 1) * per].iter_mut().for_each(|v| *v *= s);
-                                b[j] = (b[j] - mean[j]) * s + beta[j];
-                            }
-                            end = u;
-                            absorbed[u] = true;
-                        }
                     }
                     let clamp = match fused_clamp(end) {
                         Some((u, c)) => {
@@ -610,16 +562,10 @@ impl QuantizedModel {
                     // On its own (pre-activation blocks, after a concatenation): a per-channel
                     // affine map, run as a 1x1 depthwise convolution.
                     let input = input_of(*input)?;
-                    let p = |s: &str| vec_of(&params, &format!("{prefix}.{s}"));
-                    let (g, beta, mean, var) = (
-                        p("weight")?.0,
-                        p("bias")?.0,
-                        p("running_mean")?.0,
-                        p("running_var")?.0,
-                    );
-                    let c = g.len();
-                    let scale: Vec<f32> = (0..c).map(|j| g[j] / (var[j] + BN_EPS).sqrt()).collect();
-                    let shift: Vec<f32> = (0..c).map(|j| beta[j] - mean[j] * scale[j]).collect();
+                    let bn = BatchNorm::read(&params, prefix)?;
+                    let c = bn.len();
+                    let scale: Vec<f32> = (0..c).map(|j| bn.scale(j)).collect();
+                    let shift: Vec<f32> = (0..c).map(|j| bn.shift(j)).collect();
                     let clamp = match fused_clamp(end) {
                         Some((u, cl)) => {
                             end = u;
@@ -985,6 +931,65 @@ impl QuantizedModel {
             .flatten()
             .map(|w| w.codes.len() + 4 * w.scales.len() + 4 * w.bias.len())
             .sum()
+    }
+
+    /// Weight codes and biases that are not zero.
+    pub fn nonzero_parameters(&self) -> u64 {
+        self.weights
+            .iter()
+            .flatten()
+            .map(|w| {
+                (w.codes.iter().filter(|&&c| c != 0).count()
+                    + w.bias.iter().filter(|&&b| b != 0).count()) as u64
+            })
+            .sum()
+    }
+
+    /// Multiply-accumulates per `[1, 28, 28]` image in the convolutions and linear layers
+    /// (batch norms folded in, so none for them).
+    pub fn macs(&self) -> Result<u64> {
+        // The spatial sizes come from running one blank image.
+        let (_, _, vals) = self.run_inner(&[0.0; 28 * 28], (1, 28, 28, 1))?;
+        let mut macs = 0u64;
+        for (i, op) in self.ops.iter().enumerate() {
+            macs += match &op.spec {
+                OpSpec::Conv {
+                    input,
+                    kernel,
+                    stride,
+                    padding,
+                    in_channels,
+                    out_channels,
+                    depthwise,
+                    ..
+                } => {
+                    let v = vals.get(*input).ok_or_else(|| CompressError::Unsupported {
+                        node: i,
+                        reason: format!("reads op {input}, which has no value"),
+                    })?;
+                    let (oh, ow) = ConvShape {
+                        batch: 1,
+                        height: v.dims.1,
+                        width: v.dims.2,
+                        in_channels: v.dims.3,
+                        out_channels: *out_channels,
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                    }
+                    .output()?;
+                    let per_output = if *depthwise { 1 } else { *in_channels };
+                    (oh * ow * out_channels * per_output * kernel * kernel) as u64
+                }
+                OpSpec::Linear {
+                    in_features,
+                    out_features,
+                    ..
+                } => (in_features * out_features) as u64,
+                _ => 0,
+            };
+        }
+        Ok(macs)
     }
 
     pub(crate) fn parts(&self) -> (&[OpRecord], &[Option<LayerWeights>]) {

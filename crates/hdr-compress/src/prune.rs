@@ -220,6 +220,24 @@ pub fn fine_tune(
     train: &Dataset,
     cfg: &FineTuneConfig,
 ) -> Result<f64> {
+    train_masked(
+        &|x: &Tensor| Ok(model.forward_t(x, true)?.logits),
+        vars,
+        masks,
+        train,
+        cfg,
+    )
+}
+
+/// The loop of [`fine_tune`] for any differentiable `forward` (training-mode logits) over the
+/// variables `vars`.
+pub(crate) fn train_masked(
+    forward: &dyn Fn(&Tensor) -> Result<Tensor>,
+    vars: &VarMap,
+    masks: &Masks,
+    train: &Dataset,
+    cfg: &FineTuneConfig,
+) -> Result<f64> {
     if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 {
         return Err(CompressError::InvalidConfig {
             name: "fine-tune",
@@ -243,7 +261,7 @@ pub fn fine_tune(
             .map_err(hdr_train::TrainError::from)?
         {
             let batch = batch.map_err(hdr_train::TrainError::from)?;
-            let logits = model.forward_t(&batch.images, true)?.logits;
+            let logits = forward(&batch.images)?;
             let loss = cross_entropy(&logits, &batch.labels, 0.0)?;
             let grads = loss.backward()?;
             opt.step(&grads, cfg.lr)?;

@@ -39,6 +39,10 @@ impl QuantParams {
                 zero_point: 0,
             };
         }
+        // Floor at f32's epsilon, like PyTorch's observers: a layer whose activations are all
+        // but zero (a deep plain network at initialisation shrinks them to ~1e-12) would
+        // otherwise give the next layer's bias a scale so small that its int32 code saturates.
+        let scale = scale.max(f32::EPSILON);
         let zero_point = (-lo / scale).round().clamp(0.0, 255.0) as i32;
         Self { scale, zero_point }
     }

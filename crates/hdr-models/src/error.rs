@@ -13,6 +13,22 @@ pub enum ModelError {
         known: Vec<&'static str>,
     },
 
+    /// Trained weights that live in the repository only (too large for the crates.io package)
+    /// were asked for outside a checkout of it.
+    #[error(
+        "the trained weights of {name} are not in the crates.io package; they are in the \
+         repository (crates/hdr-models/weights/{name}.safetensors, expected at {}): depend on \
+         hdr-models from git or a checkout, or train them with `cargo run --release --example \
+         compare`",
+        .path.display()
+    )]
+    PretrainedNotPackaged {
+        /// The model asked for.
+        name: String,
+        /// Where the file was looked for.
+        path: PathBuf,
+    },
+
     /// A configuration value makes no sense.
     #[error("invalid {model} configuration: {reason}")]
     InvalidConfig {

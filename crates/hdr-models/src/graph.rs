@@ -159,7 +159,7 @@ impl Graph {
 
     /// [`Graph::run`] with parameters from any lookup (e.g. dequantised or pruned tensors).
     pub fn run_with(&self, x: &Tensor, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<Tensor> {
-        self.values_with(x, get)?
+        self.evaluate(x, get, true)?
             .pop()
             .ok_or_else(|| ModelError::InvalidConfig {
                 model: "graph",
@@ -174,6 +174,30 @@ impl Graph {
         x: &Tensor,
         get: &dyn Fn(&str) -> Result<Tensor>,
     ) -> Result<Vec<Tensor>> {
+        self.evaluate(x, get, false)
+    }
+
+    /// The nodes' values in order. With `fuse`, a convolution or batch norm read only by a ReLU
+    /// applies it in the same pass (the kernels have it built in) and stores the activated
+    /// value, which the ReLU node then passes on: right for the output, not for per-node values.
+    fn evaluate(
+        &self,
+        x: &Tensor,
+        get: &dyn Fn(&str) -> Result<Tensor>,
+        fuse: bool,
+    ) -> Result<Vec<Tensor>> {
+        let fused_relu = if fuse {
+            self.relu_fusions()
+        } else {
+            vec![false; self.nodes.len()]
+        };
+        let act = |i: usize| {
+            if fused_relu[i] {
+                hdr_ops::Activation::Relu
+            } else {
+                hdr_ops::Activation::None
+            }
+        };
         let mut values: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
             let arg = |k: NodeId| -> Result<&Tensor> {
@@ -201,7 +225,7 @@ impl Graph {
                         stride: *stride,
                         padding: *padding,
                         groups: *groups,
-                        ..hdr_ops::Conv2dConfig::default()
+                        activation: act(i),
                     };
                     hdr_ops::conv2d(arg(*input)?, &get(weight)?, b.as_ref(), &cfg)?
                 }
@@ -216,22 +240,21 @@ impl Graph {
                     );
                     let scale = (w / (var + 1e-5)?.sqrt()?)?;
                     let shift = (b - (m * &scale)?)?;
-                    arg(*input)?
-                        .broadcast_mul(&scale.reshape((1, (), 1, 1))?)?
-                        .broadcast_add(&shift.reshape((1, (), 1, 1))?)?
+                    hdr_ops::channel_affine2d(arg(*input)?, &scale, &shift, act(i))?
                 }
+                Node::Activation { input, .. } if fused_relu[*input] => arg(*input)?.clone(),
                 Node::Activation { input, activation } => activation.apply(arg(*input)?)?,
                 Node::MaxPool {
                     input,
                     kernel,
                     stride,
-                } => arg(*input)?.max_pool2d_with_stride(*kernel, *stride)?,
+                } => hdr_ops::max_pool2d(arg(*input)?, *kernel, *stride, 0)?,
                 Node::AvgPool {
                     input,
                     kernel,
                     stride,
-                } => arg(*input)?.avg_pool2d_with_stride(*kernel, *stride)?,
-                Node::GlobalAvgPool { input } => arg(*input)?.mean((2, 3))?,
+                } => hdr_ops::avg_pool2d(arg(*input)?, *kernel, *stride, 0)?,
+                Node::GlobalAvgPool { input } => hdr_ops::global_avg_pool2d(arg(*input)?)?,
                 Node::Flatten { input } => arg(*input)?.flatten_from(1)?,
                 Node::Linear {
                     input,
@@ -252,6 +275,35 @@ impl Graph {
             values.push(v);
         }
         Ok(values)
+    }
+
+    /// For each node, whether it is a convolution or batch norm whose only reader is a ReLU.
+    fn relu_fusions(&self) -> Vec<bool> {
+        let mut readers = vec![0usize; self.nodes.len()];
+        for node in &self.nodes {
+            for k in node.inputs() {
+                if let Some(r) = readers.get_mut(k) {
+                    *r += 1;
+                }
+            }
+        }
+        let mut fused = vec![false; self.nodes.len()];
+        for node in &self.nodes {
+            if let Node::Activation {
+                input,
+                activation: Activation::Relu,
+            } = node
+            {
+                let fusable = matches!(
+                    self.nodes.get(*input),
+                    Some(Node::Conv { .. } | Node::BatchNorm { .. })
+                );
+                if fusable && readers[*input] == 1 {
+                    fused[*input] = true;
+                }
+            }
+        }
+        fused
     }
 
     /// Names of every parameter the graph reads.

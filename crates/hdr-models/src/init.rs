@@ -1,8 +1,8 @@
 //! Reproducible randomness: parameter initialisation and dropout masks.
 //!
 //! candle's CPU initialisers and `candle_nn::ops::dropout` draw from an unseedable thread RNG, so
-//! two runs never start alike. [`init`] re-draws a model's parameters from a seed with the same
-//! distributions as candle-nn's layers, and dropout here draws from a counter-based stream
+//! two runs never start alike. [`init`] re-draws a model's parameters from a seed with PyTorch's
+//! default distributions, and dropout here draws from a counter-based stream
 //! ([`seed`], [`rng_state`], [`set_rng_state`]) that a checkpoint can save and restore, as
 //! `torch.manual_seed` and `torch.get_rng_state` do. The stream belongs to the calling thread, so
 //! runs trained at the same time on different threads do not disturb each other.
@@ -63,25 +63,15 @@ pub(crate) fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     Ok((x * mask)?)
 }
 
-/// Standard normal samples (Box-Muller) from a stream.
-fn normals(base: u64, n: usize) -> Vec<f32> {
-    let mut u = uniforms(base, 2 * n.div_ceil(2) + 2);
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1 = 1.0 - u.next().unwrap_or(0.5) as f64;
-        let u2 = u.next().unwrap_or(0.5) as f64;
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
-
-/// Re-draws every parameter of `vars` from `seed`, with candle-nn's distributions: convolution
-/// and linear weights Kaiming-normal (std `sqrt(2 / fan_in)`), their biases uniform in
-/// `±1 / sqrt(fan_in)`; batch-norm parameters and statistics keep their constant initial values.
+/// Re-draws every parameter of `vars` from `seed`, with PyTorch's default distributions:
+/// convolution and linear weights and their biases uniform in `±1 / sqrt(fan_in)` (what
+/// `kaiming_uniform_(a = sqrt(5))` amounts to); batch-norm parameters and statistics keep their
+/// constant initial values.
+///
+/// Not candle-nn's Kaiming-normal (std `sqrt(2 / fan_in)`, 2.45x larger): behind batch norm a
+/// larger weight only shrinks Adam's relative step, and MobileNet-HDR learned markedly slower
+/// from it. Measured in PyTorch itself, 2 epochs on 10k MNIST images, AdamW one-cycle 3e-3:
+/// 94.6% training accuracy from the default init, 85.7% from Kaiming-normal.
 ///
 /// Call it right after building a model; the result depends only on the seed and the parameter
 /// names and shapes.
@@ -96,21 +86,17 @@ pub fn init(vars: &VarMap, seed: u64) -> Result<()> {
         let var = &data[*name];
         let dims = var.dims().to_vec();
         let stream = mix(mix(seed) ^ mix(k as u64 + 1));
-        let values = if dims.len() >= 2 {
-            let fan_in: usize = dims[1..].iter().product();
-            let std = (2.0 / fan_in as f64).sqrt() as f32;
-            normals(stream, var.elem_count())
-                .into_iter()
-                .map(|z| z * std)
-                .collect::<Vec<_>>()
+        let fan_in = if dims.len() >= 2 {
+            dims[1..].iter().product()
         } else if let Some(fan_in) = bias_fan_in(&data, name) {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            uniforms(stream, var.elem_count())
-                .map(|u| (2.0 * u - 1.0) * bound)
-                .collect()
+            fan_in
         } else {
             continue;
         };
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let values: Vec<f32> = uniforms(stream, var.elem_count())
+            .map(|u| (2.0 * u - 1.0) * bound)
+            .collect();
         let t = Tensor::from_vec(values, dims, &Device::Cpu)?
             .to_device(var.device())?
             .to_dtype(var.dtype())?;
@@ -148,11 +134,20 @@ mod tests {
     }
 
     #[test]
-    fn normals_have_unit_variance() {
-        let z = normals(7, 100_001);
-        assert_eq!(z.len(), 100_001);
-        let m = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
-        let v = z.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / z.len() as f64;
-        assert!(m.abs() < 0.01 && (v - 1.0).abs() < 0.02, "{m} {v}");
+    fn weights_are_uniform_within_the_fan_in_bound() -> Result<()> {
+        let vars = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, candle_core::DType::F32, &Device::Cpu);
+        let _ = candle_nn::linear(400, 300, vb.pp("fc"))?;
+        init(&vars, 3)?;
+        let w = vars.data().lock().unwrap()["fc.weight"]
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bound = 1.0 / 20.0;
+        assert!(w.iter().all(|v| v.abs() <= bound));
+        // Uniform on [-b, b]: variance b^2 / 3.
+        let var = w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.len() as f64;
+        let expected = (bound as f64).powi(2) / 3.0;
+        assert!((var / expected - 1.0).abs() < 0.02, "{var} vs {expected}");
+        Ok(())
     }
 }

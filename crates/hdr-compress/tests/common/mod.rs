@@ -28,7 +28,12 @@ pub fn real_data_dir() -> Option<PathBuf> {
     None
 }
 
-/// A registered model with seeded initial weights.
+/// A registered model with seeded initial weights, scaled to He-uniform (x sqrt 6).
+///
+/// The models are run in evaluation mode untrained, where batch norm is still the identity:
+/// from PyTorch's default init each plain conv + ReLU shrinks activations about 2.4x, so the
+/// deep MobileNets would hand the quantizer values near 1e-12 (a trained network's batch-norm
+/// statistics undo that). He scaling keeps every layer's activations at the input's scale.
 pub fn model(name: &str, seed: u64) -> (Box<dyn Classifier>, VarMap) {
     let vars = VarMap::new();
     let m = hdr_models::create(
@@ -37,6 +42,12 @@ pub fn model(name: &str, seed: u64) -> (Box<dyn Classifier>, VarMap) {
     )
     .expect("registered model");
     hdr_models::init::init(&vars, seed).expect("init");
+    for var in vars.all_vars() {
+        if var.rank() >= 2 {
+            let scaled = (var.as_tensor() * 6f64.sqrt()).expect("scale");
+            var.set(&scaled).expect("set");
+        }
+    }
     (m, vars)
 }
 
