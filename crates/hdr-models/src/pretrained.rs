@@ -1,27 +1,58 @@
-//! Weights trained by this project's own examples, shipped inside the crate (feature
-//! `pretrained`, on by default), so that a model works with no network and no dataset.
-//! `docs/MODELS.md` records each file's test accuracy and the command that produced it.
+//! Weights trained by this project's own examples, so that a model works with no network and no
+//! dataset. `docs/MODELS.md` records each file's test accuracy and the command that produced it.
+//!
+//! The small files are embedded in the crate (feature `pretrained`, on by default) and so work
+//! from crates.io. The large ones (the MLPs, MobileNet v1 and the teacher, 2.5-13 MB each) would
+//! push the package past crates.io's size limit: they are committed to the repository beside the
+//! others and read from the crate's own folder, which works in a checkout, a path dependency or a
+//! git dependency, and gives an error saying how to get them otherwise.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
 use crate::error::{ModelError, Result};
-use crate::io::{load_bytes, LoadedModel};
+use crate::io::{load, load_bytes, LoadedModel};
 
-/// `(name, safetensors bytes)` of the shipped models.
+/// `(name, safetensors bytes)` of the models embedded in the crate.
 #[cfg(feature = "pretrained")]
-const SHIPPED: &[(&str, &[u8])] = &[("lenet5", include_bytes!("../weights/lenet5.safetensors"))];
+const EMBEDDED: &[(&str, &[u8])] = &[
+    ("lenet5", include_bytes!("../weights/lenet5.safetensors")),
+    ("resnet", include_bytes!("../weights/resnet.safetensors")),
+    (
+        "densenet",
+        include_bytes!("../weights/densenet.safetensors"),
+    ),
+    (
+        "mobilenet_hdr",
+        include_bytes!("../weights/mobilenet_hdr.safetensors"),
+    ),
+];
 
 #[cfg(not(feature = "pretrained"))]
-const SHIPPED: &[(&str, &[u8])] = &[];
+const EMBEDDED: &[(&str, &[u8])] = &[];
 
-/// Names of the models with shipped weights.
+/// Models whose weights live in the repository's `crates/hdr-models/weights/` only.
+const IN_REPOSITORY: &[&str] = &["mlp1", "mlp2", "mlp3", "mobilenet", "wide_resnet"];
+
+/// Names of the models with trained weights: the embedded ones, then those read from the
+/// repository (which [`pretrained`] can load only from a checkout of it).
 pub fn pretrained_names() -> Vec<&'static str> {
-    SHIPPED.iter().map(|(n, _)| *n).collect()
+    EMBEDDED
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(IN_REPOSITORY.iter().copied())
+        .collect()
 }
 
-/// The shipped trained model `name` on `device`.
+/// Where the repository keeps the weights of `name`.
+fn repository_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("weights")
+        .join(format!("{name}.safetensors"))
+}
+
+/// The trained model `name` on `device`.
 ///
 /// ```
 /// # fn main() -> hdr_models::Result<()> {
@@ -30,14 +61,25 @@ pub fn pretrained_names() -> Vec<&'static str> {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Errors: [`ModelError::UnknownModel`] for a name without trained weights,
+/// [`ModelError::PretrainedNotPackaged`] for repository-only weights outside a checkout.
 pub fn pretrained(name: &str, device: &Device) -> Result<LoadedModel> {
-    let (_, bytes) =
-        SHIPPED
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| ModelError::UnknownModel {
-                name: format!("{name} (pretrained)"),
-                known: pretrained_names(),
-            })?;
-    load_bytes(bytes, Path::new(&format!("<pretrained {name}>")), device)
+    if let Some((_, bytes)) = EMBEDDED.iter().find(|(n, _)| *n == name) {
+        return load_bytes(bytes, Path::new(&format!("<pretrained {name}>")), device);
+    }
+    if IN_REPOSITORY.contains(&name) {
+        let path = repository_file(name);
+        if !path.is_file() {
+            return Err(ModelError::PretrainedNotPackaged {
+                name: name.to_string(),
+                path,
+            });
+        }
+        return load(&path, device);
+    }
+    Err(ModelError::UnknownModel {
+        name: format!("{name} (pretrained)"),
+        known: pretrained_names(),
+    })
 }
