@@ -445,18 +445,7 @@ impl QuantizedModel {
             }
         }
 
-        let mut users: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
-        for (i, n) in nodes.iter().enumerate() {
-            for k in n.inputs() {
-                if k >= i {
-                    return Err(CompressError::Unsupported {
-                        node: i,
-                        reason: format!("reads node {k}, which does not precede it"),
-                    });
-                }
-                users[k].push(i);
-            }
-        }
+        let users = graph.readers()?;
         // The single reader of `k`, when there is exactly one.
         let only_user = |k: NodeId| match users[k].as_slice() {
             [u] => Some(*u),

@@ -492,18 +492,7 @@ impl StructuredModel {
     pub fn fold(name: &str, graph: &Graph, vars: &VarMap) -> Result<Self> {
         let params = read_params(vars)?;
         let nodes = &graph.nodes;
-        let mut readers: Vec<Vec<NodeId>> = vec![Vec::new(); nodes.len()];
-        for (i, n) in nodes.iter().enumerate() {
-            for k in n.inputs() {
-                if k >= i {
-                    return Err(unsupported(
-                        i,
-                        format!("reads node {k}, which does not precede it"),
-                    ));
-                }
-                readers[k].push(i);
-            }
-        }
+        let readers = graph.readers()?;
         let mut out: Vec<Node> = Vec::with_capacity(nodes.len());
         let mut new_params: HashMap<String, Tensor> = HashMap::new();
         // New index of every old node; a folded batch norm maps to its convolution.

@@ -187,7 +187,7 @@ impl Graph {
         fuse: bool,
     ) -> Result<Vec<Tensor>> {
         let fused_relu = if fuse {
-            self.relu_fusions()
+            self.relu_fusions()?
         } else {
             vec![false; self.nodes.len()]
         };
@@ -277,16 +277,27 @@ impl Graph {
         Ok(values)
     }
 
-    /// For each node, whether it is a convolution or batch norm whose only reader is a ReLU.
-    fn relu_fusions(&self) -> Vec<bool> {
-        let mut readers = vec![0usize; self.nodes.len()];
-        for node in &self.nodes {
+    /// The nodes that read each node, in order. Error if a node reads one that does not
+    /// precede it (the interpreter evaluates in order, so such a graph cannot run).
+    pub fn readers(&self) -> Result<Vec<Vec<NodeId>>> {
+        let mut readers = vec![Vec::new(); self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
             for k in node.inputs() {
-                if let Some(r) = readers.get_mut(k) {
-                    *r += 1;
+                if k >= i {
+                    return Err(ModelError::InvalidConfig {
+                        model: "graph",
+                        reason: format!("node {i} reads node {k}, which does not precede it"),
+                    });
                 }
+                readers[k].push(i);
             }
         }
+        Ok(readers)
+    }
+
+    /// For each node, whether it is a convolution or batch norm whose only reader is a ReLU.
+    fn relu_fusions(&self) -> Result<Vec<bool>> {
+        let readers = self.readers()?;
         let mut fused = vec![false; self.nodes.len()];
         for node in &self.nodes {
             if let Node::Activation {
@@ -298,12 +309,12 @@ impl Graph {
                     self.nodes.get(*input),
                     Some(Node::Conv { .. } | Node::BatchNorm { .. })
                 );
-                if fusable && readers[*input] == 1 {
+                if fusable && readers[*input].len() == 1 {
                     fused[*input] = true;
                 }
             }
         }
-        fused
+        Ok(fused)
     }
 
     /// Names of every parameter the graph reads.
