@@ -1,7 +1,7 @@
 //! The ablation study: MobileNet-HDR with all of the paper's modifications, with each one removed
 //! in turn, and with all removed (MobileNet v1 at width 0.25), trained with the same budget.
 //!
-//! `cargo run --release --example ablation -- --teacher runs/compare/wide_resnet.safetensors [--epochs N]`
+//! `cargo run --release --example ablation -- --teacher resnet [--epochs N]`
 
 use std::path::PathBuf;
 
@@ -13,9 +13,10 @@ use hdr::train::{recipe, teacher_logits, train_and_evaluate, StudyData, Teacher}
 #[derive(Parser)]
 #[command(about = "Remove each of MobileNet-HDR's modifications in turn and measure the cost")]
 struct Args {
-    /// The trained teacher for the variants that distil (e.g. from the compare example).
+    /// The trained teacher for the variants that distil: a model file (e.g. from the compare
+    /// example), or the name of a pretrained model (`resnet`).
     #[arg(long)]
-    teacher: PathBuf,
+    teacher: String,
     /// Epochs for every variant (default: the mobilenet_hdr recipe's).
     #[arg(long)]
     epochs: Option<usize>,
@@ -24,7 +25,7 @@ struct Args {
     train_subset: Option<usize>,
     #[arg(long, default_value = "runs/ablation")]
     out_dir: PathBuf,
-    /// Markdown file to write the results to.
+    /// Markdown page to write the results into (its `ablation` section; the rest is kept).
     #[arg(long)]
     results: Option<PathBuf>,
     /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
@@ -37,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
-    let teacher = hdr::models::load(&a.teacher, &device)?;
+    let teacher = hdr::models::load_or_pretrained(&a.teacher, &device)?;
     let logits = teacher_logits(
         teacher.model.as_ref(),
         &data.train,
@@ -86,9 +87,10 @@ fn main() -> anyhow::Result<()> {
     println!("{}", hdr::train::training_cost_markdown(&outcomes));
     if let Some(path) = &a.results {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        std::fs::write(
+        hdr::train::write_results_section(
             path,
-            hdr::train::results_markdown(&outcomes, &command, elapsed),
+            "ablation",
+            &hdr::train::results_markdown(&outcomes, &command, elapsed),
         )?;
         println!("wrote {}", path.display());
     }

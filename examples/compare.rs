@@ -1,7 +1,8 @@
 //! The comparative study of the paper: MLPs with 1-3 hidden layers, LeNet-5, ResNet, DenseNet,
-//! MobileNet and MobileNet-HDR (distilled from the wide-ResNet teacher), each trained with the
-//! study's recipe and evaluated on the MNIST test split; prints the results table and writes it
-//! to docs/RESULTS.md. Each model's checkpoints and history go to `<out-dir>/<model>/`, so an
+//! MobileNet and MobileNet-HDR (distilled from the teacher its preset names: reused when the
+//! study has already trained it, else trained first), each trained with the study's recipe and
+//! evaluated on the MNIST test split; prints the results table and writes it into
+//! docs/RESULTS.md. Each model's checkpoints and history go to `<out-dir>/<model>/`, so an
 //! interrupted study resumes where it stopped.
 //!
 //! `cargo run --release --example compare [-- --epochs N --models a,b --results docs/RESULTS.md]`
@@ -33,9 +34,12 @@ struct Args {
     /// Where the trained models go.
     #[arg(long, default_value = "runs/compare")]
     out_dir: PathBuf,
-    /// Markdown file to write the results to.
+    /// Markdown page to write the results into (its `study` section; the rest is kept).
     #[arg(long)]
     results: Option<PathBuf>,
+    /// An already-trained teacher file to distil from, instead of the study's own.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
     /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -57,23 +61,30 @@ fn main() -> anyhow::Result<()> {
         };
         let distill = match wants {
             Some(t) => {
-                if teacher.is_none() {
-                    println!("\n== {t} (teacher)");
-                    let cfg = TrainConfig {
-                        run_dir: Some(a.out_dir.join(&t)),
-                        ..recipe(&t, a.epochs)
-                    };
-                    teacher = Some(train_and_evaluate(
-                        &t,
-                        &hdr::models::config(&t)?,
-                        splits,
-                        &cfg,
-                        None,
-                        &a.out_dir,
-                    )?);
-                }
-                let file = &teacher.as_ref().map(|t| t.file.clone()).unwrap_or_default();
-                let loaded = hdr::models::load(file, &device)?;
+                let file = if let Some(file) = &a.teacher {
+                    file.clone()
+                } else if let Some(done) = outcomes.iter().find(|o| o.label == t) {
+                    done.file.clone()
+                } else {
+                    if teacher.is_none() {
+                        println!("\n== {t} (teacher)");
+                        let cfg = TrainConfig {
+                            run_dir: Some(a.out_dir.join(&t)),
+                            ..recipe(&t, a.epochs)
+                        };
+                        teacher = Some(train_and_evaluate(
+                            &t,
+                            &hdr::models::config(&t)?,
+                            splits,
+                            &cfg,
+                            None,
+                            &a.out_dir,
+                        )?);
+                    }
+                    teacher.as_ref().map(|t| t.file.clone()).unwrap_or_default()
+                };
+                let loaded = hdr::models::load(&file, &device)?;
+                println!("distilling from {} ({})", loaded.name, file.display());
                 let cache = a.out_dir.join(format!("{t}.train-logits.safetensors"));
                 let _ = std::fs::remove_file(&cache);
                 let logits = teacher_logits(
@@ -117,9 +128,10 @@ fn main() -> anyhow::Result<()> {
     println!("whole study: {:.1} min", elapsed.as_secs_f64() / 60.0);
     if let Some(path) = &a.results {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        std::fs::write(
+        hdr::train::write_results_section(
             path,
-            hdr::train::results_markdown(&outcomes, &command, elapsed),
+            "study",
+            &hdr::train::results_markdown(&outcomes, &command, elapsed),
         )?;
         println!("wrote {}", path.display());
     }

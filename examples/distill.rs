@@ -1,7 +1,7 @@
 //! Knowledge distillation: trains a student with and without a teacher, same recipe and seed,
 //! and reports both on the test split.
 //!
-//! `cargo run --release --example distill -- --teacher runs/compare/wide_resnet.safetensors [--student mobilenet_hdr]`
+//! `cargo run --release --example distill -- --teacher resnet [--student mobilenet_hdr]`
 
 use std::path::PathBuf;
 
@@ -12,9 +12,10 @@ use hdr::train::{recipe, teacher_logits, train_and_evaluate, DistillConfig, Stud
 #[derive(Parser)]
 #[command(about = "Train a student with and without distillation from a teacher")]
 struct Args {
-    /// The trained teacher model file.
+    /// The trained teacher: a model file, or the name of a pretrained model
+    /// (`resnet`).
     #[arg(long)]
-    teacher: PathBuf,
+    teacher: String,
     /// Registered name of the student.
     #[arg(long, default_value = "mobilenet_hdr")]
     student: String,
@@ -43,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
-    let loaded = hdr::models::load(&a.teacher, &device)?;
+    let loaded = hdr::models::load_or_pretrained(&a.teacher, &device)?;
     let teacher = if a.live {
         Teacher::Model(loaded.model.as_ref())
     } else {

@@ -1,7 +1,7 @@
-//! Evaluates a saved model on the MNIST test split (or any IDX image/label pair): the
+//! Evaluates a saved or pretrained model on the MNIST test split (or any IDX image/label pair): the
 //! classification report, confusion matrix, latency and memory.
 //!
-//! `cargo run --release --example evaluate -- model.safetensors [--json] [--images F --labels F]`
+//! `cargo run --release --example evaluate -- <model.safetensors | pretrained-name> [--json] [--images F --labels F]`
 
 use std::path::PathBuf;
 
@@ -12,8 +12,9 @@ use hdr::data::{idx, Mnist, MnistOptions, Normalize};
 #[derive(Parser)]
 #[command(about = "Evaluate a saved model on MNIST's test split or an IDX pair")]
 struct Args {
-    /// A model file written by `hdr_models::save` (the examples' --out).
-    model: PathBuf,
+    /// A model file written by `hdr_models::save` (the examples' --out), or the name of a
+    /// pretrained model (`lenet5`, `mobilenet_hdr`, ...).
+    model: String,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
@@ -34,7 +35,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = Device::Cpu;
-    let loaded = hdr::models::load(&a.model, &device)?;
+    let loaded = hdr::models::load_or_pretrained(&a.model, &device)?;
     let (data, split) = match (&a.images, &a.labels) {
         (Some(i), Some(l)) => (idx::read_dataset(i, l)?, i.display().to_string()),
         _ => {
@@ -57,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         loaded.model.as_ref(),
         a.latency_batch,
         50,
-        Some(&a.model),
+        Some(std::path::Path::new(&a.model)).filter(|p| p.is_file()),
         &device,
     )?;
     let report = report.with_efficiency(eff);

@@ -37,11 +37,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = Device::Cpu;
-    let loaded = if Path::new(&a.model).is_file() {
-        hdr::models::load(Path::new(&a.model), &device)?
-    } else {
-        hdr::models::pretrained(&a.model, &device)?
-    };
+    let loaded = hdr::models::load_or_pretrained(&a.model, &device)?;
     let files = collect(&a.inputs)?;
     anyhow::ensure!(
         !files.is_empty(),

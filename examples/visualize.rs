@@ -14,8 +14,8 @@ use hdr::viz::{Captioned, Panel, Series, BLUE, ORANGE};
 #[derive(Parser)]
 #[command(about = "Write pictures of a trained model into a folder")]
 struct Args {
-    /// A model file written by `hdr_models::save`.
-    model: PathBuf,
+    /// A model file written by `hdr_models::save`, or the name of a pretrained model.
+    model: String,
     /// Test digit to explain.
     #[arg(long, default_value_t = 0)]
     index: usize,
@@ -36,7 +36,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let device = Device::Cpu;
-    let loaded = hdr::models::load(&a.model, &device)?;
+    let loaded = hdr::models::load_or_pretrained(&a.model, &device)?;
     let model = loaded.model.as_ref();
     let mnist = Mnist::load_with(&MnistOptions {
         dir: a.data.clone(),

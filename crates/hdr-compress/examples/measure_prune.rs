@@ -30,10 +30,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         Scope::LayerWise
     };
-    let cfg = FineTuneConfig {
-        lr: a.get(7).map(|v| v.parse()).transpose()?.unwrap_or(1e-4),
-        ..FineTuneConfig::default()
-    };
+    let cfg = a
+        .get(7)
+        .map(|v| v.parse())
+        .transpose()?
+        .map_or_else(FineTuneConfig::default, FineTuneConfig::with_lr);
     let masks = prune_iteratively(
         m.model.as_ref(),
         &m.vars,

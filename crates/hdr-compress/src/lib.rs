@@ -16,6 +16,8 @@
 //!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller.
 //! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`] or [`Scope::Global`]),
 //!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015), [`sparsity_report`].
+//!   Fine-tuning ([`FineTuneConfig`]) follows the zoo's training recipe: random affine
+//!   augmentation and Adam with a learning rate decaying (cosine) within every run.
 //! - **Structured pruning** (Li et al. 2017): [`StructuredModel::fold`] folds a model's batch
 //!   norms into its convolutions (the folding quantization uses); [`StructuredModel::prune`]
 //!   removes whole convolution channels and hidden units by the L1 norm of their filters, the

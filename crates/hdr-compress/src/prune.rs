@@ -2,12 +2,13 @@
 //! kept at zero through fine-tuning, and a per-layer sparsity report.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use hdr_data::{BatchConfig, Dataset, Normalize};
+use hdr_data::{Augment, BatchConfig, Dataset, Normalize, RandomAffine};
 use hdr_models::Classifier;
-use hdr_train::{cross_entropy, Optimizer, OptimizerConfig};
+use hdr_train::{cross_entropy, LrSchedule, Optimizer, OptimizerConfig, Schedule};
 
 use crate::error::{CompressError, Result};
 
@@ -183,28 +184,93 @@ pub fn sparsity_report(vars: &VarMap) -> Result<Vec<LayerSparsity>> {
         .collect()
 }
 
-/// Settings of [`fine_tune`].
-#[derive(Debug, Clone, PartialEq)]
+/// Settings of [`fine_tune`], [`prune_iteratively`] and [`crate::StructuredModel::fine_tune`].
+///
+/// Plain data: build it with struct-update syntax from [`FineTuneConfig::default`] or
+/// [`FineTuneConfig::with_lr`]. The defaults follow the zoo's training recipe
+/// ([`hdr_train::recipe`]: batch 128, random affine augmentation), with a learning rate that
+/// restarts at `lr.base_lr` and decays by cosine over each fine-tuning run. On the validation
+/// split, the pretrained LeNet-5 cut to half its MACs ([`crate::StructuredModel::prune`]) and
+/// fine-tuned for 3 epochs lost 0.74 points at a constant 1e-3 without augmentation and 0.28
+/// with these settings (0.14 after 8 epochs); starting rates of 3e-4 and 5e-4 were worse than
+/// 1e-3, and 2e-3 no better. One epoch (the default) is for quick runs: the `compress` example
+/// fine-tunes structured pruning for 8 epochs and each of 10 rounds of unstructured pruning
+/// for 2.
+#[derive(Debug, Clone)]
 pub struct FineTuneConfig {
-    /// Passes over the training data.
+    /// Passes over the training data (in [`prune_iteratively`]: after every round).
     pub epochs: usize,
     /// Batch size.
     pub batch_size: usize,
-    /// Constant Adam learning rate (small: the weights are already trained).
-    pub lr: f64,
-    /// Shuffling seed.
+    /// Adam learning rate over the steps of one fine-tuning run (one round of
+    /// [`prune_iteratively`]); restarts at `base_lr` on every run.
+    pub lr: LrSchedule,
+    /// On-the-fly augmentation of the training batches: use the model's own training
+    /// augmentation.
+    pub augment: Option<Arc<dyn Augment>>,
+    /// Seed of shuffling and augmentation ([`prune_iteratively`] adds the round number).
     pub seed: u64,
     /// Input normalisation (the zoo's models use `[0, 1]`).
     pub normalize: Normalize,
 }
 
+impl FineTuneConfig {
+    /// The default settings at another base learning rate, decayed by cosine to a hundredth.
+    pub fn with_lr(base_lr: f64) -> Self {
+        Self {
+            lr: LrSchedule {
+                base_lr,
+                schedule: Schedule::Cosine {
+                    min_lr: base_lr / 100.0,
+                },
+                warmup_steps: 0,
+            },
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let lr_ok = |lr: f64| lr.is_finite() && lr >= 0.0;
+        let schedule_ok = self.lr.base_lr.is_finite()
+            && self.lr.base_lr > 0.0
+            && match self.lr.schedule {
+                Schedule::Constant => true,
+                Schedule::Step {
+                    every_epochs,
+                    gamma,
+                } => every_epochs >= 1 && lr_ok(gamma),
+                Schedule::Cosine { min_lr } => lr_ok(min_lr),
+                Schedule::OneCycle {
+                    pct_start,
+                    div_factor,
+                    final_div,
+                } => pct_start > 0.0 && pct_start < 1.0 && div_factor >= 1.0 && final_div >= 1.0,
+            };
+        if self.epochs == 0 || self.batch_size == 0 || !schedule_ok {
+            return Err(CompressError::InvalidConfig {
+                name: "fine-tune",
+                value: format!("{self:?}"),
+                reason: "needs epochs >= 1, batch_size >= 1 and a learning rate > 0 with a valid \
+                         schedule",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for FineTuneConfig {
-    /// One epoch of batch 64 at 1e-4.
+    /// One epoch of batch 128 with random affine augmentation ([`RandomAffine::default`], as
+    /// the zoo trains), Adam from 1e-3 down to 1e-5 by cosine annealing, `[0, 1]` inputs.
     fn default() -> Self {
         Self {
             epochs: 1,
-            batch_size: 64,
-            lr: 1e-4,
+            batch_size: 128,
+            lr: LrSchedule {
+                base_lr: 1e-3,
+                schedule: Schedule::Cosine { min_lr: 1e-5 },
+                warmup_steps: 0,
+            },
+            augment: Some(Arc::new(RandomAffine::default())),
             seed: 0,
             normalize: Normalize::UnitRange,
         }
@@ -238,33 +304,38 @@ pub(crate) fn train_masked(
     train: &Dataset,
     cfg: &FineTuneConfig,
 ) -> Result<f64> {
-    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 {
-        return Err(CompressError::InvalidConfig {
-            name: "fine-tune",
-            value: format!("{cfg:?}"),
-            reason: "needs epochs >= 1, batch_size >= 1 and lr > 0",
-        });
-    }
+    cfg.validate()?;
     let mut opt = Optimizer::new(&OptimizerConfig::default(), vars)?;
     masks.apply(vars)?;
     let bc = BatchConfig {
         batch_size: cfg.batch_size,
+        shuffle: true,
+        drop_last: train.len() > cfg.batch_size,
         seed: cfg.seed,
         normalize: cfg.normalize,
-        ..BatchConfig::default()
+        augment: cfg.augment.clone(),
     };
+    let per_epoch = train
+        .batches(&bc, 0, &Device::Cpu)
+        .map_err(hdr_train::TrainError::from)?
+        .num_batches();
+    let total = per_epoch * cfg.epochs;
     let mut last = 0.0;
     for epoch in 0..cfg.epochs {
         let (mut sum, mut n) = (0.0, 0usize);
-        for batch in train
+        for (step, batch) in train
             .batches(&bc, epoch as u64, &Device::Cpu)
             .map_err(hdr_train::TrainError::from)?
+            .enumerate()
         {
             let batch = batch.map_err(hdr_train::TrainError::from)?;
             let logits = forward(&batch.images)?;
             let loss = cross_entropy(&logits, &batch.labels, 0.0)?;
             let grads = loss.backward()?;
-            opt.step(&grads, cfg.lr)?;
+            opt.step(
+                &grads,
+                cfg.lr.lr(epoch * per_epoch + step, total, per_epoch),
+            )?;
             masks.apply(vars)?;
             sum += loss.to_scalar::<f32>()? as f64;
             n += 1;
@@ -275,7 +346,8 @@ pub(crate) fn train_masked(
 }
 
 /// Iterative pruning (Han et al. 2015): `steps` rounds of pruning to a growing sparsity, up to
-/// `target`, each followed by masked fine-tuning. Returns the final masks.
+/// `target`, each followed by masked fine-tuning ([`fine_tune`] with `cfg`, its learning-rate
+/// schedule restarting every round, its seed advanced by one a round). Returns the final masks.
 pub fn prune_iteratively(
     model: &dyn Classifier,
     vars: &VarMap,
@@ -297,7 +369,11 @@ pub fn prune_iteratively(
         // Geometric schedule on the kept fraction: equal relative cuts per round.
         let keep = (1.0 - target as f64).powf(s as f64 / steps as f64);
         masks = magnitude(vars, (1.0 - keep) as f32, scope)?;
-        fine_tune(model, vars, &masks, train, cfg)?;
+        let round = FineTuneConfig {
+            seed: cfg.seed.wrapping_add(s as u64 - 1),
+            ..cfg.clone()
+        };
+        fine_tune(model, vars, &masks, train, &round)?;
     }
     Ok(masks)
 }

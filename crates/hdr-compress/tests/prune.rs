@@ -4,6 +4,7 @@ mod common;
 
 use hdr_compress::{fine_tune, magnitude, prunable, sparsity_report, FineTuneConfig, Scope};
 use hdr_data::Dataset;
+use hdr_train::{LrSchedule, Schedule};
 
 fn tiny_dataset(n: usize) -> Dataset {
     let x = common::synthetic(n, 9)
@@ -71,7 +72,6 @@ fn pruned_weights_stay_zero_through_fine_tuning() {
     masks.apply(&vars).unwrap();
     let sums: Vec<f32> = before.iter().map(|n| total(n)).collect();
     let cfg = FineTuneConfig {
-        lr: 1e-3,
         batch_size: 32,
         ..FineTuneConfig::default()
     };
@@ -95,4 +95,42 @@ fn pruned_weights_stay_zero_through_fine_tuning() {
     }
     // ... while the kept ones trained.
     assert!(sums.iter().zip(&after).any(|(a, b)| a != b));
+}
+
+#[test]
+fn fine_tuning_rejects_bad_settings() {
+    let (model, vars) = common::model("lenet5", 4);
+    let masks = magnitude(&vars, 0.5, Scope::Global).unwrap();
+    let data = tiny_dataset(32);
+    let bad = [
+        FineTuneConfig {
+            epochs: 0,
+            ..FineTuneConfig::default()
+        },
+        FineTuneConfig {
+            batch_size: 0,
+            ..FineTuneConfig::default()
+        },
+        FineTuneConfig::with_lr(0.0),
+        FineTuneConfig::with_lr(f64::NAN),
+        FineTuneConfig {
+            lr: LrSchedule {
+                schedule: Schedule::Cosine { min_lr: -1e-5 },
+                ..LrSchedule::default()
+            },
+            ..FineTuneConfig::default()
+        },
+    ];
+    for cfg in bad {
+        assert!(
+            fine_tune(model.as_ref(), &vars, &masks, &data, &cfg).is_err(),
+            "{cfg:?}"
+        );
+    }
+    // The defaults: the zoo's augmentation, and a rate decaying to a hundredth.
+    let d = FineTuneConfig::with_lr(2e-3);
+    assert!(d.augment.is_some());
+    assert_eq!(d.lr.base_lr, 2e-3);
+    assert!((d.lr.lr(0, 100, 10) - 2e-3).abs() < 1e-12);
+    assert!((d.lr.lr(100, 100, 10) - 2e-5).abs() < 1e-12);
 }

@@ -334,7 +334,6 @@ fn pruned_model_fine_tunes_saves_loads_and_quantizes() {
         let x = synthetic(8, 13);
         let y0 = pruned.forward(&x).unwrap();
         let cfg = FineTuneConfig {
-            lr: 1e-3,
             batch_size: 32,
             ..FineTuneConfig::default()
         };
@@ -439,13 +438,7 @@ fn structured_pretrained_lenet5_recovers_on_mnist_after_a_short_fine_tune() {
     let pruned = folded.prune(&StructuredConfig::default()).unwrap();
     let (a_dense, a_cut) = (acc(&dense), acc(&pruned));
     pruned
-        .fine_tune(
-            &mnist.train.head(5000),
-            &FineTuneConfig {
-                lr: 1e-3,
-                ..FineTuneConfig::default()
-            },
-        )
+        .fine_tune(&mnist.train.head(5000), &FineTuneConfig::default())
         .unwrap();
     let a_tuned = acc(&pruned);
     eprintln!("lenet5: dense {a_dense:.4}, pruned {a_cut:.4}, fine-tuned {a_tuned:.4}");
@@ -460,6 +453,8 @@ fn structured_pretrained_lenet5_recovers_on_mnist_after_a_short_fine_tune() {
         a_tuned > a_cut,
         "fine-tuning did not help: {a_cut} -> {a_tuned}"
     );
-    // 96.65% when written (pruned 54.45%, dense 98.90%).
-    assert!(a_tuned > 0.95, "fine-tuned accuracy {a_tuned}");
+    // 98.20% when written (pruned 71.65%, dense 99.30%): one augmented epoch on 5k images,
+    // the rate decaying from 1e-3 (96.65% at a constant 1e-3 without augmentation, with the
+    // shipped weights of the time).
+    assert!(a_tuned > 0.97, "fine-tuned accuracy {a_tuned}");
 }

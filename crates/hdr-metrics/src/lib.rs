@@ -16,7 +16,8 @@
 //! - Efficiency: [`LatencyStats`] (median, p90, p99, throughput), [`ModelSize`], and the
 //!   process's OS-measured memory ([`peak_rss_bytes`], [`current_rss_bytes`]), gathered in
 //!   [`Efficiency`].
-//! - [`ComparisonTable`]: several reports side by side, as a results table.
+//! - [`ComparisonTable`]: several reports side by side, as a results table;
+//!   [`splice_section`] puts a generated table into a hand-written Markdown page.
 //!
 //! ```
 //! use hdr_metrics::{Evaluator, EvaluatorConfig, MetricsConfig};
@@ -45,6 +46,7 @@ mod error;
 mod evaluator;
 mod format;
 mod label;
+mod markdown;
 mod metrics;
 mod report;
 mod topk;
@@ -58,6 +60,7 @@ pub use error::{MetricsError, Result};
 pub use evaluator::{Evaluator, EvaluatorConfig, Misclassified};
 pub use format::{format_bytes, format_count, format_duration, format_percent};
 pub use label::ClassLabel;
+pub use markdown::splice_section;
 pub use metrics::{
     accuracy, Average, AverageMetrics, ClassMetrics, ClassSelection, Metrics, MetricsConfig,
     ZeroDivision,

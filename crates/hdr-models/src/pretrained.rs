@@ -18,6 +18,10 @@ use crate::io::{load, load_bytes, LoadedModel};
 #[cfg(feature = "pretrained")]
 const EMBEDDED: &[(&str, &[u8])] = &[
     ("lenet5", include_bytes!("../weights/lenet5.safetensors")),
+    (
+        "lenet5_classic",
+        include_bytes!("../weights/lenet5_classic.safetensors"),
+    ),
     ("resnet", include_bytes!("../weights/resnet.safetensors")),
     (
         "densenet",
@@ -82,4 +86,26 @@ pub fn pretrained(name: &str, device: &Device) -> Result<LoadedModel> {
         name: format!("{name} (pretrained)"),
         known: pretrained_names(),
     })
+}
+
+/// A model given the way command lines give one: a file written by [`crate::save`] if `spec`
+/// names an existing file, else the pretrained model of that name.
+///
+/// ```
+/// # fn main() -> hdr_models::Result<()> {
+/// let lenet = hdr_models::load_or_pretrained("lenet5", &candle_core::Device::Cpu)?;
+/// assert_eq!(lenet.name, "lenet5");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Errors: those of [`load`] for a file, those of [`pretrained`] otherwise (an unknown name
+/// lists the pretrained ones).
+pub fn load_or_pretrained(spec: &str, device: &Device) -> Result<LoadedModel> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        load(path, device)
+    } else {
+        pretrained(spec, device)
+    }
 }

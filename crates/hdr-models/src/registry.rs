@@ -110,7 +110,7 @@ const REGISTRY: &[ModelInfo] = &[
     },
     ModelInfo {
         name: "wide_resnet",
-        description: "wide ResNet, 32-64-128 channels: the distillation teacher",
+        description: "wide ResNet, 32-64-128 channels: a larger distillation teacher",
         config: || ModelConfig::ResNet(ResNetConfig::wide()),
     },
     ModelInfo {

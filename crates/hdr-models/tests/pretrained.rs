@@ -6,17 +6,10 @@ use hdr_models::{pretrained, pretrained_names, ModelError};
 #[test]
 fn every_pretrained_model_loads_and_runs() -> anyhow::Result<()> {
     let names = pretrained_names();
-    for expected in [
-        "lenet5",
-        "mobilenet_hdr",
-        "resnet",
-        "densenet",
-        "mlp1",
-        "mobilenet",
-    ] {
+    for expected in hdr_models::list() {
         assert!(
             names.contains(&expected),
-            "{expected} missing from {names:?}"
+            "every registered model has trained weights: {expected} missing from {names:?}"
         );
     }
     let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
@@ -29,6 +22,19 @@ fn every_pretrained_model_loads_and_runs() -> anyhow::Result<()> {
         let v = logits.flatten_all()?.to_vec1::<f32>()?;
         assert!(v.iter().all(|z| z.is_finite()), "{name}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_file_or_a_name_loads() -> anyhow::Result<()> {
+    let by_name = hdr_models::load_or_pretrained("lenet5", &Device::Cpu)?;
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/lenet5.safetensors");
+    let by_file = hdr_models::load_or_pretrained(file, &Device::Cpu)?;
+    assert_eq!(by_name.name, by_file.name);
+    assert!(matches!(
+        hdr_models::load_or_pretrained("no/such/model.safetensors", &Device::Cpu),
+        Err(ModelError::UnknownModel { .. })
+    ));
     Ok(())
 }
 

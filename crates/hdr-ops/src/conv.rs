@@ -205,6 +205,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) ->
             Conv2dGemm {
                 g,
                 act: cfg.activation,
+                max_group: usize::MAX,
             },
         )?
     } else {
@@ -242,16 +243,19 @@ pub(crate) fn epilogue(y_img: &mut [f32], bias: &[f32], n: usize, act: Activatio
     }
 }
 
-/// Unfolds one image `[c_in, h, w]` into `col` `[c_in*kh*kw, oh*ow]` (zeros for padding).
-pub(crate) fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
+/// Unfolds one image `[c_in, h, w]` into the columns of `col` `[c_in*kh*kw, oh*ow]` (zeros for
+/// padding); row `r` of the image's block is `col[r*ld..][..oh*ow]`, so several images can be
+/// unfolded side by side into one `[k, images*oh*ow]` matrix (`ld` = its row length).
+pub(crate) fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32], ld: usize) {
     let (n, hw, s, p) = (g.n(), g.h * g.w, g.stride, g.pad);
-    let mut rows = col.chunks_exact_mut(n);
+    let mut r = 0;
     for c in 0..g.c_in {
         let plane = &x[c * hw..(c + 1) * hw];
         for ki in 0..g.kh {
             let (oh_lo, oh_hi) = valid_range(g.oh, g.h, ki, s, p);
             for kj in 0..g.kw {
-                let Some(row) = rows.next() else { return };
+                let row = &mut col[r * ld..][..n];
+                r += 1;
                 let (ow_lo, ow_hi) = valid_range(g.ow, g.w, kj, s, p);
                 row[..oh_lo * g.ow].fill(0.0);
                 row[oh_hi * g.ow..].fill(0.0);
@@ -279,18 +283,19 @@ pub(crate) fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
     }
 }
 
-/// Folds `col` `[c_in*kh*kw, oh*ow]` back into an image `[c_in, h, w]`, summing overlaps.
-/// Overwrites `x`.
-pub(crate) fn col2im(col: &[f32], g: &ConvGeom, x: &mut [f32]) {
+/// Folds the columns `col` `[c_in*kh*kw, oh*ow]` (row `r` at `col[r*ld..][..oh*ow]`, as written
+/// by [`im2col`]) back into an image `[c_in, h, w]`, summing overlaps. Overwrites `x`.
+pub(crate) fn col2im(col: &[f32], g: &ConvGeom, x: &mut [f32], ld: usize) {
     let (n, hw, s, p) = (g.n(), g.h * g.w, g.stride, g.pad);
     x.fill(0.0);
-    let mut rows = col.chunks_exact(n);
+    let mut r = 0;
     for c in 0..g.c_in {
         let plane = &mut x[c * hw..(c + 1) * hw];
         for ki in 0..g.kh {
             let (oh_lo, oh_hi) = valid_range(g.oh, g.h, ki, s, p);
             for kj in 0..g.kw {
-                let Some(row) = rows.next() else { return };
+                let row = &col[r * ld..][..n];
+                r += 1;
                 let (ow_lo, ow_hi) = valid_range(g.ow, g.w, kj, s, p);
                 if ow_lo >= ow_hi {
                     continue;
@@ -314,55 +319,139 @@ pub(crate) fn col2im(col: &[f32], g: &ConvGeom, x: &mut [f32]) {
     }
 }
 
+/// Largest output plane (`oh*ow` pixels) whose images are batched into one gemm. With few
+/// columns per image, a per-image gemm repacks the whole weight matrix for a handful of
+/// columns, and the backward accumulates `dW` over `K = oh*ow`; merging a group of images into
+/// one `[k, images*oh*ow]` matrix fixes both at the cost of gathering and scattering. Measured
+/// (batch 64, fwd + bwd, one thread): 1x1 convs on 1x1 / 2x2 / 4x4 / 5x5 / 6x6 planes take
+/// 0.25 / 0.29 / 0.68-0.79 / 0.88 / 0.88-0.97x the time of per-image gemms, on 7x7 planes
+/// 1.05-1.09x (the copies cost more than the packing saves), on 14x14 3x3 convs 1.35x.
+const MERGE_MAX_N: usize = 36;
+/// Cap, in floats, on the two scratch matrices of one merged group (`[k + c_out, images*n]`):
+/// 1 MiB, so they stay in L2. Measured: 0.85-0.9x the time of 8 MiB groups for 4x4 planes.
+const MERGE_MAX_SCRATCH: usize = 1 << 18;
+
+/// Writes the columns of `cnt` images `x` `[cnt, c_in, h, w]` side by side into
+/// `cols` `[k, cnt*n]`.
+fn gather_cols(x: &[f32], g: &ConvGeom, cnt: usize, cols: &mut [f32]) {
+    let (n, gn) = (g.n(), cnt * g.n());
+    for (i, x_img) in x.chunks_exact(g.in_img()).take(cnt).enumerate() {
+        if g.pointwise() {
+            for (c, src) in x_img.chunks_exact(n).enumerate() {
+                cols[c * gn + i * n..][..n].copy_from_slice(src);
+            }
+        } else {
+            im2col(x_img, g, &mut cols[i * n..], gn);
+        }
+    }
+}
+
+/// Writes the merged output `yb` `[c_out, cnt*n]` into the images `y` `[cnt, c_out, n]`, with
+/// bias and activation.
+fn scatter_out(yb: &[f32], y: &mut [f32], g: &ConvGeom, bias: &[f32], act: Activation) {
+    let (n, out) = (g.n(), g.out_img());
+    let gn = y.len() / out * n;
+    for (i, y_img) in y.chunks_exact_mut(out).enumerate() {
+        for (o, (dst, &bv)) in y_img.chunks_exact_mut(n).zip(bias).enumerate() {
+            let src = &yb[o * gn + i * n..][..n];
+            match act {
+                Activation::None => {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v + bv;
+                    }
+                }
+                Activation::Relu => {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = (v + bv).max(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Dense (groups = 1) convolution as a candle custom op over `(x, w, bias)`.
 pub(crate) struct Conv2dGemm {
     pub(crate) g: ConvGeom,
     pub(crate) act: Activation,
+    /// Upper bound on the images merged into one gemm (`usize::MAX` except in tests, which
+    /// lower it to exercise several groups per batch).
+    pub(crate) max_group: usize,
 }
 
 impl Conv2dGemm {
-    /// `y_img = W · im2col(x_img)` followed by bias and activation.
-    fn fwd_image(
+    /// Images per gemm: 1 for large planes, a group of images whose columns are merged into one
+    /// wide gemm for small planes.
+    fn group_len(&self) -> usize {
+        let g = &self.g;
+        let n = g.n();
+        if n > MERGE_MAX_N {
+            return 1;
+        }
+        (MERGE_MAX_SCRATCH / ((g.k() + g.c_out) * n)).clamp(1, self.max_group.max(1))
+    }
+
+    /// `y = W · im2col(x)` followed by bias and activation, for the images `x` `[cnt, c_in,
+    /// h, w]` -> `y` `[cnt, c_out, oh, ow]`, as one gemm over all their columns.
+    fn fwd_images(
         &self,
-        x_img: &[f32],
+        x: &[f32],
         w: &[f32],
         bias: &[f32],
-        y_img: &mut [f32],
+        y: &mut [f32],
         par: gemm::Parallelism,
     ) -> candle_core::Result<()> {
         let g = &self.g;
         let (k, n) = (g.k(), g.n());
-        if g.pointwise() {
+        let cnt = y.len() / g.out_img();
+        if cnt == 1 && g.pointwise() {
+            // The image already is the column matrix.
             sgemm(
                 (g.c_out, n, k),
                 Mat::rows(w, k),
-                Mat::rows(x_img, n),
-                y_img,
+                Mat::rows(x, n),
+                y,
                 false,
                 par,
             )?;
-        } else {
-            with_scratch(k * n, 0, |col, _| {
-                im2col(x_img, g, col);
+            epilogue(y, bias, n, self.act);
+            return Ok(());
+        }
+        let gn = cnt * n;
+        let yb_len = if cnt == 1 { 0 } else { g.c_out * gn };
+        with_scratch(k * gn, yb_len, |cols, yb| {
+            gather_cols(x, g, cnt, cols);
+            if cnt == 1 {
                 sgemm(
                     (g.c_out, n, k),
                     Mat::rows(w, k),
-                    Mat::rows(col, n),
-                    y_img,
+                    Mat::rows(cols, n),
+                    y,
                     false,
                     par,
-                )
-            })?;
-        }
-        epilogue(y_img, bias, n, self.act);
-        Ok(())
+                )?;
+                epilogue(y, bias, n, self.act);
+            } else {
+                sgemm(
+                    (g.c_out, gn, k),
+                    Mat::rows(w, k),
+                    Mat::rows(cols, gn),
+                    yb,
+                    false,
+                    par,
+                )?;
+                scatter_out(yb, y, g, bias, self.act);
+            }
+            Ok(())
+        })
     }
 
     /// Backward pass over the images `imgs`, accumulating into this worker's `dw`/`db` partials
     /// and writing `dx` (the input gradient of exactly these images) when requested.
     ///
-    /// Everything for one image happens while its data is hot in cache: the activation mask is
-    /// applied into scratch, the bias gradient is reduced from it, then it feeds both gemms.
+    /// The images are processed in groups of [`Self::group_len`]: small planes get one gemm per
+    /// gradient for the whole group (`dW` with `K = images*oh*ow`), large planes one per image,
+    /// while its data is hot in cache.
     #[allow(clippy::too_many_arguments)]
     fn bwd_images(
         &self,
@@ -374,55 +463,174 @@ impl Conv2dGemm {
         par: gemm::Parallelism,
     ) -> candle_core::Result<()> {
         let g = &self.g;
+        let group = self.group_len();
+        let first = imgs.start;
+        let mut start = imgs.start;
+        while start < imgs.end {
+            let end = (start + group).min(imgs.end);
+            let dx_grp = dx
+                .as_deref_mut()
+                .map(|d| &mut d[(start - first) * g.in_img()..(end - first) * g.in_img()]);
+            if end - start == 1 {
+                self.bwd_image(
+                    start,
+                    data,
+                    dw.as_deref_mut(),
+                    db.as_deref_mut(),
+                    dx_grp,
+                    par,
+                )?;
+            } else {
+                self.bwd_group(
+                    start..end,
+                    data,
+                    dw.as_deref_mut(),
+                    db.as_deref_mut(),
+                    dx_grp,
+                    par,
+                )?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Backward of one image: the activation mask is applied into scratch, the bias gradient is
+    /// reduced from it, then it feeds both gemms.
+    fn bwd_image(
+        &self,
+        bi: usize,
+        data: BwdData<'_>,
+        dw: Option<&mut [f32]>,
+        db: Option<&mut [f32]>,
+        dx_img: Option<&mut [f32]>,
+        par: gemm::Parallelism,
+    ) -> candle_core::Result<()> {
+        let g = &self.g;
         let (k, n, o) = (g.k(), g.n(), g.c_out);
         let relu = self.act == Activation::Relu;
         let mask_len = if relu { g.out_img() } else { 0 };
         let col_len = if g.pointwise() { 0 } else { k * n };
-        let first = imgs.start;
         with_scratch(mask_len, col_len, |mask_buf, col| {
-            for bi in imgs {
-                let g_raw = &data.grad[bi * g.out_img()..][..g.out_img()];
-                let gm: &[f32] = if relu {
-                    let y = &data.y[bi * g.out_img()..][..g.out_img()];
-                    for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
-                        *m = if yv > 0.0 { gv } else { 0.0 };
-                    }
-                    mask_buf
+            let g_raw = &data.grad[bi * g.out_img()..][..g.out_img()];
+            let gm: &[f32] = if relu {
+                let y = &data.y[bi * g.out_img()..][..g.out_img()];
+                for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
+                    *m = if yv > 0.0 { gv } else { 0.0 };
+                }
+                mask_buf
+            } else {
+                g_raw
+            };
+            if let Some(db) = db {
+                for (d, row) in db.iter_mut().zip(gm.chunks_exact(n)) {
+                    *d += crate::util::sum(row);
+                }
+            }
+            let x_img = &data.x[bi * g.in_img()..][..g.in_img()];
+            if let Some(dw) = dw {
+                // dw += g_img · im2col(x_img)^T
+                let cols = if g.pointwise() {
+                    x_img
                 } else {
-                    g_raw
+                    im2col(x_img, g, col, n);
+                    &*col
                 };
-                if let Some(db) = db.as_deref_mut() {
-                    for (d, row) in db.iter_mut().zip(gm.chunks_exact(n)) {
-                        *d += crate::util::sum(row);
+                sgemm(
+                    (o, k, n),
+                    Mat::rows(gm, n),
+                    Mat::rows_t(cols, n),
+                    dw,
+                    true,
+                    par,
+                )?;
+            }
+            if let Some(dx_img) = dx_img {
+                // dx_img = col2im(W^T · g_img)
+                let wt = Mat::rows_t(data.w, k);
+                if g.pointwise() {
+                    sgemm((k, n, o), wt, Mat::rows(gm, n), dx_img, false, par)?;
+                } else {
+                    sgemm((k, n, o), wt, Mat::rows(gm, n), col, false, par)?;
+                    col2im(col, g, dx_img, n);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Backward of a group of images as one gemm per gradient: the masked output gradients
+    /// are gathered into `[c_out, cnt*n]` and the input columns into `[k, cnt*n]`, so
+    /// `dW += G · X^T` has `K = cnt*n` and `dX = W^T · G` is one wide gemm, scattered back.
+    fn bwd_group(
+        &self,
+        imgs: std::ops::Range<usize>,
+        data: BwdData<'_>,
+        dw: Option<&mut [f32]>,
+        db: Option<&mut [f32]>,
+        dx: Option<&mut [f32]>,
+        par: gemm::Parallelism,
+    ) -> candle_core::Result<()> {
+        let g = &self.g;
+        let (k, n, o) = (g.k(), g.n(), g.c_out);
+        let (out, cnt) = (g.out_img(), imgs.len());
+        let gn = cnt * n;
+        let relu = self.act == Activation::Relu;
+        let grad = &data.grad[imgs.start * out..imgs.end * out];
+        let yv = &data.y[imgs.start * out..imgs.end * out];
+        let x = &data.x[imgs.start * g.in_img()..imgs.end * g.in_img()];
+        let col_len = if dw.is_some() || dx.is_some() {
+            k * gn
+        } else {
+            0
+        };
+        with_scratch(o * gn, col_len, |gm, cols| {
+            // Masked gradient, image blocks side by side.
+            for (i, (g_img, y_img)) in grad.chunks_exact(out).zip(yv.chunks_exact(out)).enumerate()
+            {
+                for (c, (src, ys)) in g_img.chunks_exact(n).zip(y_img.chunks_exact(n)).enumerate() {
+                    let dst = &mut gm[c * gn + i * n..][..n];
+                    if relu {
+                        for ((d, &gv), &yv) in dst.iter_mut().zip(src).zip(ys) {
+                            *d = if yv > 0.0 { gv } else { 0.0 };
+                        }
+                    } else {
+                        dst.copy_from_slice(src);
                     }
                 }
-                let x_img = &data.x[bi * g.in_img()..][..g.in_img()];
-                if let Some(dw) = dw.as_deref_mut() {
-                    // dw += g_img · im2col(x_img)^T
-                    let cols = if g.pointwise() {
-                        x_img
-                    } else {
-                        im2col(x_img, g, col);
-                        &*col
-                    };
-                    sgemm(
-                        (o, k, n),
-                        Mat::rows(gm, n),
-                        Mat::rows_t(cols, n),
-                        dw,
-                        true,
-                        par,
-                    )?;
+            }
+            if let Some(db) = db {
+                for (d, row) in db.iter_mut().zip(gm.chunks_exact(gn)) {
+                    *d += crate::util::sum(row);
                 }
-                if let Some(dx) = dx.as_deref_mut() {
-                    // dx_img = col2im(W^T · g_img)
-                    let dx_img = &mut dx[(bi - first) * g.in_img()..][..g.in_img()];
-                    let wt = Mat::rows_t(data.w, k);
+            }
+            if let Some(dw) = dw {
+                gather_cols(x, g, cnt, cols);
+                sgemm(
+                    (o, k, gn),
+                    Mat::rows(gm, gn),
+                    Mat::rows_t(cols, gn),
+                    dw,
+                    true,
+                    par,
+                )?;
+            }
+            if let Some(dx) = dx {
+                sgemm(
+                    (k, gn, o),
+                    Mat::rows_t(data.w, k),
+                    Mat::rows(gm, gn),
+                    cols,
+                    false,
+                    par,
+                )?;
+                for (i, dx_img) in dx.chunks_exact_mut(g.in_img()).enumerate() {
                     if g.pointwise() {
-                        sgemm((k, n, o), wt, Mat::rows(gm, n), dx_img, false, par)?;
+                        for (c, dst) in dx_img.chunks_exact_mut(n).enumerate() {
+                            dst.copy_from_slice(&cols[c * gn + i * n..][..n]);
+                        }
                     } else {
-                        sgemm((k, n, o), wt, Mat::rows(gm, n), col, false, par)?;
-                        col2im(col, g, dx_img);
+                        col2im(&cols[i * n..], g, dx_img, gn);
                     }
                 }
             }
@@ -476,18 +684,24 @@ impl CustomOp3 for Conv2dGemm {
         }
         let mut y = vec![0f32; g.b * g.out_img()];
         let threads = num_threads();
+        let group = self.group_len();
         if g.b >= threads && threads > 1 {
-            // Whole images per task with single-threaded gemm: no synchronisation inside an
-            // image, and each worker keeps its im2col buffer hot.
-            y.par_chunks_mut(g.out_img())
-                .zip(x.par_chunks(g.in_img()))
-                .try_for_each(|(y_img, x_img)| {
-                    self.fwd_image(x_img, w, bias, y_img, gemm::Parallelism::None)
+            // Whole images (or groups of them) per task with single-threaded gemm: no
+            // synchronisation inside a gemm, and each worker keeps its scratch hot.
+            let per_task = group.min(g.b.div_ceil(threads));
+            y.par_chunks_mut(per_task * g.out_img())
+                .zip(x.par_chunks(per_task * g.in_img()))
+                .try_for_each(|(y_grp, x_grp)| {
+                    self.fwd_images(x_grp, w, bias, y_grp, gemm::Parallelism::None)
                 })?;
         } else {
-            // Small batches (inference): let gemm split each image across threads.
-            for (y_img, x_img) in y.chunks_mut(g.out_img()).zip(x.chunks(g.in_img())) {
-                self.fwd_image(x_img, w, bias, y_img, gemm_par_all())?;
+            // Small batches (inference): let gemm split each gemm across threads.
+            let per_call = group.min(g.b).max(1);
+            for (y_grp, x_grp) in y
+                .chunks_mut(per_call * g.out_img())
+                .zip(x.chunks(per_call * g.in_img()))
+            {
+                self.fwd_images(x_grp, w, bias, y_grp, gemm_par_all())?;
             }
         }
         Ok((CpuStorage::F32(y), Shape::from_dims(&g.out_dims())))
@@ -597,6 +811,7 @@ impl CustomOp3 for Conv2dGemm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn geom(c_in: usize, h: usize, w: usize, k: usize, s: usize, p: usize) -> ConvGeom {
         let oh = crate::util::out_size(h, k, s, p).unwrap_or(0);
@@ -622,7 +837,7 @@ mod tests {
             let g = geom(c, h, w, k, s, p);
             let x: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
             let mut col = vec![f32::NAN; g.k() * g.n()];
-            im2col(&x, &g, &mut col);
+            im2col(&x, &g, &mut col, g.n());
             for ci in 0..c {
                 for ki in 0..k {
                     for kj in 0..k {
@@ -658,9 +873,9 @@ mod tests {
             .map(|i| ((i * 5) % 13) as f32 - 6.0)
             .collect();
         let mut col = vec![0f32; c.len()];
-        im2col(&x, &g, &mut col);
+        im2col(&x, &g, &mut col, g.n());
         let mut back = vec![f32::NAN; x.len()];
-        col2im(&c, &g, &mut back);
+        col2im(&c, &g, &mut back, g.n());
         let lhs: f32 = col.iter().zip(&c).map(|(a, b)| a * b).sum();
         let rhs: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-3, "{lhs} vs {rhs}");
@@ -693,6 +908,7 @@ mod tests {
             Conv2dGemm {
                 g,
                 act: Activation::Relu,
+                max_group: usize::MAX,
             },
             &[5, 4, 3, 3],
             5,
@@ -772,5 +988,245 @@ mod tests {
             conv2d(&xb0, &dw, None, &dcfg).unwrap().dims(),
             &[0, 3, 7, 7]
         );
+    }
+
+    /// Naive dense conv (f64 accumulation): `y` and, for the upstream gradient `r`,
+    /// `(dx, dw, db)`.
+    #[allow(clippy::type_complexity)]
+    fn naive_dense(
+        g: &ConvGeom,
+        relu: bool,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        r: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (n, p) = (g.n(), g.pad as isize);
+        let mut taps = Vec::new(); // (y index, x index, w index)
+        for b in 0..g.b {
+            for o in 0..g.c_out {
+                for (oy, ox) in (0..g.oh).flat_map(|i| (0..g.ow).map(move |j| (i, j))) {
+                    for c in 0..g.c_in {
+                        for (ki, kj) in (0..g.kh).flat_map(|i| (0..g.kw).map(move |j| (i, j))) {
+                            let iy = (oy * g.stride + ki) as isize - p;
+                            let ix = (ox * g.stride + kj) as isize - p;
+                            if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                continue;
+                            }
+                            taps.push((
+                                (b * g.c_out + o) * n + oy * g.ow + ox,
+                                ((b * g.c_in + c) * g.h + iy as usize) * g.w + ix as usize,
+                                ((o * g.c_in + c) * g.kh + ki) * g.kw + kj,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let mut y = vec![0f64; g.b * g.out_img()];
+        for &(yi, xi, wi) in &taps {
+            y[yi] += f64::from(x[xi]) * f64::from(w[wi]);
+        }
+        let y: Vec<f32> = y
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let v = v as f32 + bias[(i / n) % g.c_out];
+                if relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let gy: Vec<f64> = r
+            .iter()
+            .zip(&y)
+            .map(|(&r, &y)| if relu && y <= 0.0 { 0.0 } else { f64::from(r) })
+            .collect();
+        let (mut dx, mut dw, mut db) = (
+            vec![0f64; x.len()],
+            vec![0f64; w.len()],
+            vec![0f64; g.c_out],
+        );
+        for &(yi, xi, wi) in &taps {
+            dx[xi] += gy[yi] * f64::from(w[wi]);
+            dw[wi] += gy[yi] * f64::from(x[xi]);
+        }
+        for (i, v) in gy.iter().enumerate() {
+            db[(i / n) % g.c_out] += v;
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        (y, f(dx), f(dw), f(db))
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f32]) -> std::result::Result<(), String> {
+        if got.len() != want.len() {
+            return Err(format!("{what}: length {} vs {}", got.len(), want.len()));
+        }
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            // Written so that NaN fails the check.
+            let ok = (a - b).abs() <= 1e-4 + 1e-4 * b.abs();
+            if !ok {
+                return Err(format!("{what}[{i}]: got {a}, want {b}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the op (with a given bound on merged images) under autograd and checks the output
+    /// and all three gradients against [`naive_dense`].
+    fn check_dense(
+        g: ConvGeom,
+        relu: bool,
+        bias: bool,
+        max_group: usize,
+        seed: u64,
+    ) -> std::result::Result<(), String> {
+        let e = |e: candle_core::Error| e.to_string();
+        let dev = candle_core::Device::Cpu;
+        let data = |s: u64, dims: &[usize]| -> std::result::Result<Tensor, String> {
+            let len: usize = dims.iter().product();
+            let mut st = s;
+            let v: Vec<f32> = (0..len)
+                .map(|_| {
+                    st = st
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (st >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect();
+            Tensor::from_vec(v, dims, &dev).map_err(e)
+        };
+        let xt = data(seed, &[g.b, g.c_in, g.h, g.w])?;
+        let wt = data(seed ^ 1, &[g.c_out, g.c_in, g.kh, g.kw])?;
+        let bt = if bias {
+            data(seed ^ 2, &[g.c_out])?
+        } else {
+            Tensor::zeros(g.c_out, DType::F32, &dev).map_err(e)?
+        };
+        let rt = data(seed ^ 3, &[g.b, g.c_out, g.oh, g.ow])?;
+        let v = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(e);
+        let (x, w, b, r) = (v(&xt)?, v(&wt)?, v(&bt)?, v(&rt)?);
+        let (y_ref, dx_ref, dw_ref, db_ref) = naive_dense(&g, relu, &x, &w, &b, &r);
+        let xv = candle_core::Var::from_tensor(&xt).map_err(e)?;
+        let wv = candle_core::Var::from_tensor(&wt).map_err(e)?;
+        let bv = candle_core::Var::from_tensor(&bt).map_err(e)?;
+        let act = if relu {
+            Activation::Relu
+        } else {
+            Activation::None
+        };
+        let bias_t = if bias {
+            bv.as_tensor().clone()
+        } else {
+            bt.clone()
+        };
+        let y = xv
+            .apply_op3(wv.as_tensor(), &bias_t, Conv2dGemm { g, act, max_group })
+            .map_err(e)?;
+        close("y", &v(&y)?, &y_ref)?;
+        let grads = (&y * &rt)
+            .and_then(|l| l.sum_all())
+            .and_then(|l| l.backward())
+            .map_err(e)?;
+        let get = |t: &Tensor| grads.get(t).ok_or("missing gradient".to_string());
+        close("dx", &v(get(xv.as_tensor())?)?, &dx_ref)?;
+        close("dw", &v(get(wv.as_tensor())?)?, &dw_ref)?;
+        if bias {
+            close("db", &v(get(bv.as_tensor())?)?, &db_ref)?;
+        } else if grads.get(&bt).is_some() {
+            return Err("gradient for a constant bias".into());
+        }
+        Ok(())
+    }
+
+    fn small_plane_case() -> impl Strategy<Value = (ConvGeom, bool, bool, usize, u64)> {
+        (
+            (1usize..=9, 1usize..=12, 1usize..=12),
+            (
+                prop::sample::select(vec![1usize, 2, 4, 7]),
+                prop::sample::select(vec![1usize, 2, 4, 7, 3]),
+            ),
+            (
+                prop::sample::select(vec![1usize, 3]),
+                1usize..=2,
+                0usize..=1,
+            ),
+            (any::<bool>(), any::<bool>()),
+            (
+                prop::sample::select(vec![1usize, 2, 3, usize::MAX]),
+                any::<u64>(),
+            ),
+        )
+            .prop_filter_map(
+                "kernel fits",
+                |((b, c_in, c_out), (h, w), (k, stride, pad), (relu, bias), (mg, seed))| {
+                    // 1x1 kernels mostly pointwise (stride 1, no padding): the gather-free path.
+                    let (stride, pad) = if k == 1 && seed % 4 != 0 {
+                        (1, 0)
+                    } else {
+                        (stride, pad)
+                    };
+                    let oh = crate::util::out_size(h, k, stride, pad)?;
+                    let ow = crate::util::out_size(w, k, stride, pad)?;
+                    let g = ConvGeom {
+                        b,
+                        c_in,
+                        h,
+                        w,
+                        c_out,
+                        kh: k,
+                        kw: k,
+                        stride,
+                        pad,
+                        oh,
+                        ow,
+                    };
+                    Some((g, relu, bias, mg, seed))
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Small planes (1x1 .. 7x7, pointwise and 3x3) take the merged-gemm path: one gemm
+        /// for a group of images, forward and backward; groups of 1, 2, 3 and the whole batch.
+        #[test]
+        fn merged_small_plane_conv_matches_naive(
+            (g, relu, bias, mg, seed) in small_plane_case()
+        ) {
+            check_dense(g, relu, bias, mg, seed).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    #[test]
+    fn merged_layer_shapes_match_naive() -> std::result::Result<(), String> {
+        // Shapes like MobileNet's late pointwise layers (4x4, 2x2, 1x1 planes), odd batches.
+        for &(b, c_in, c_out, hw, mg) in &[
+            (5, 64, 48, 4, usize::MAX),
+            (3, 40, 72, 2, usize::MAX),
+            (7, 96, 33, 1, 2),
+            (1, 64, 64, 4, usize::MAX),
+            (2, 24, 24, 7, usize::MAX),
+        ] {
+            let g = ConvGeom {
+                b,
+                c_in,
+                h: hw,
+                w: hw,
+                c_out,
+                kh: 1,
+                kw: 1,
+                stride: 1,
+                pad: 0,
+                oh: hw,
+                ow: hw,
+            };
+            check_dense(g, true, true, mg, b as u64)?;
+            check_dense(g, false, false, mg, b as u64 + 100)?;
+        }
+        Ok(())
     }
 }

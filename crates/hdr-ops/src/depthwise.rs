@@ -572,6 +572,435 @@ fn cv_bwd_scratch_len(g: &ConvGeom) -> usize {
     g.n() * L + 2 * CvCtx::packed_len(g) + g.kh * g.kw * L
 }
 
+// ---------------------------------------------------------------------------------------------
+// Specialised 3x3 kernels (padding 1, stride 1 or 2): the layers of the MobileNets.
+// ---------------------------------------------------------------------------------------------
+
+/// Lanes of the 3x3 kernels: one AVX-512 vector (two AVX2 ones).
+const V: usize = 16;
+type Vf = [f32; V];
+
+/// `V` floats of `v` from `at`.
+#[inline(always)]
+fn ld(v: &[f32], at: usize) -> Vf {
+    let s = &v[at..at + V];
+    std::array::from_fn(|i| s[i])
+}
+
+/// `acc += w * s`, fused when the build has FMA (`std`'s `mul_add` is a libm call otherwise).
+#[inline(always)]
+fn madd<const FMA: bool>(acc: &mut Vf, w: f32, s: &Vf) {
+    for l in 0..V {
+        acc[l] = if FMA {
+            s[l].mul_add(w, acc[l])
+        } else {
+            acc[l] + w * s[l]
+        };
+    }
+}
+
+/// `acc += a * b` lane-wise (see `madd`).
+#[inline(always)]
+fn madd_v<const FMA: bool>(acc: &mut Vf, a: &Vf, b: &Vf) {
+    for l in 0..V {
+        acc[l] = if FMA {
+            a[l].mul_add(b[l], acc[l])
+        } else {
+            acc[l] + a[l] * b[l]
+        };
+    }
+}
+
+/// Writes the first `min(V, out.len() - at)` lanes of `v` to `out[at..]`.
+#[inline(always)]
+fn st(out: &mut [f32], at: usize, v: &Vf) {
+    match out.get_mut(at..).and_then(|o| o.first_chunk_mut::<V>()) {
+        Some(dst) => *dst = *v,
+        None => {
+            let rest = &mut out[at..];
+            let n = rest.len();
+            rest.copy_from_slice(&v[..n]);
+        }
+    }
+}
+
+/// Geometry of the 3x3 / padding 1 kernels, which work on whole planes as flat vectors.
+///
+/// A plane (stride 1) or each of its four even/odd row/column phases (stride 2) is stored as
+/// one flat run on a grid of the output's size, with `p = gw + 1` zeros before and at least as
+/// many after. Every tap then reads the contiguous run at a fixed offset for every output:
+/// moving one row up or down reads the zeros before or after the plane, and moving one column
+/// left or right reads a copy of the plane whose last or first column is zeroed, so the value
+/// that wraps around from the neighbouring row is zero. No edge cases remain in the loops,
+/// which run over blocks of `V` outputs, all 9 taps accumulated in registers, lanes wasted
+/// only in the plane's last block (none for 4x4 and 28x28 planes).
+#[derive(Clone, Copy)]
+struct Flat {
+    s2: bool,
+    h: usize,
+    w: usize,
+    /// Grid width: the output width.
+    gw: usize,
+    /// Grid cells: output plane size.
+    m: usize,
+    /// `m` rounded up to whole blocks.
+    mr: usize,
+    /// Leading zeros of each buffer.
+    p: usize,
+    /// Floats per buffer.
+    blen: usize,
+    /// Start of each tap's run (row-major taps) in the input buffers, for output 0.
+    taps: [usize; 9],
+}
+
+impl Flat {
+    /// The kernels' geometry, when they apply.
+    fn new(g: &ConvGeom) -> Option<Self> {
+        #[cfg(test)]
+        if tests::GENERAL_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        if g.kh != 3 || g.kw != 3 || g.pad != 1 || !(g.stride == 1 || g.stride == 2) {
+            return None;
+        }
+        if g.h == 0 || g.w == 0 || g.oh == 0 || g.ow == 0 {
+            return None;
+        }
+        let s2 = g.stride == 2;
+        let (gw, m) = (g.ow, g.oh * g.ow);
+        let mr = m.div_ceil(V) * V;
+        let p = gw + 1;
+        let blen = mr + 2 * p;
+        let taps = std::array::from_fn(|t| {
+            let (ki, kj) = (t / 3, t % 3);
+            if s2 {
+                // Row phase 1 (odd input rows) for ki = 0 (one grid row up) and 2; column
+                // likewise, with the left-shifted read from the last-column-zeroed copy.
+                let rp = usize::from(ki != 1);
+                let buf = match kj {
+                    0 => 4 + rp,
+                    1 => rp * 2,
+                    _ => rp * 2 + 1,
+                };
+                buf * blen + p - usize::from(ki == 0) * gw - usize::from(kj == 0)
+            } else {
+                // Buffers 0, 1, 2: last column zeroed, plain, first column zeroed.
+                kj * blen + ki * gw + kj
+            }
+        });
+        Some(Self {
+            s2,
+            h: g.h,
+            w: g.w,
+            gw,
+            m,
+            mr,
+            p,
+            blen,
+            taps,
+        })
+    }
+
+    /// Input buffers: 3 (stride 1) or 6 (the four phases and two column-zeroed copies).
+    fn x_len(&self) -> usize {
+        (if self.s2 { 6 } else { 3 }) * self.blen
+    }
+
+    /// Gradient buffers: the masked gradient and its column-zeroed copies (stride 1, used as
+    /// the input of the transposed stencil; stride 2 needs only the first-column-zeroed one).
+    fn g_len(&self) -> usize {
+        (if self.s2 { 2 } else { 3 }) * self.blen
+    }
+
+    /// Writes a stride-1 plane (`h x w`) into buffers 0..3 of `buf` (whose other cells must be
+    /// zero and are left untouched).
+    #[inline(always)]
+    fn pack_s1(&self, x: &[f32], buf: &mut [f32]) {
+        let (w, p, blen) = (self.w, self.p, self.blen);
+        let n = self.h * w;
+        buf[p..p + n].copy_from_slice(x);
+        buf[blen + p..blen + p + n].copy_from_slice(x);
+        buf[2 * blen + p..2 * blen + p + n].copy_from_slice(x);
+        for r in 0..self.h {
+            buf[p + r * w + w - 1] = 0.0;
+            buf[2 * blen + p + r * w] = 0.0;
+        }
+    }
+
+    /// Writes the four phases of a stride-2 input plane, and the last-column-zeroed copies of
+    /// the odd-column ones, into `buf` (whose other cells must be zero and stay untouched).
+    #[inline(always)]
+    fn pack_s2(&self, x: &[f32], buf: &mut [f32]) {
+        let (w, gw, p, blen) = (self.w, self.gw, self.p, self.blen);
+        let half = w / 2;
+        for (r, row) in x.chunks_exact(w).enumerate() {
+            let (i, rp) = (r / 2, r % 2);
+            let at = p + i * gw;
+            let (ev, rest) = buf[rp * 2 * blen..].split_at_mut(blen);
+            let (ev, od) = (&mut ev[at..at + gw], &mut rest[at..at + half]);
+            for (j, pair) in row.chunks_exact(2).enumerate() {
+                ev[j] = pair[0];
+                od[j] = pair[1];
+            }
+            if w % 2 == 1 {
+                ev[half] = row[w - 1];
+            }
+            // Odd columns without the last grid column (zero when `w` is odd anyway).
+            let (src, dst) = buf.split_at_mut((4 + rp) * blen);
+            let src = &src[(rp * 2 + 1) * blen + at..][..gw - 1];
+            dst[at..at + gw - 1].copy_from_slice(src);
+        }
+    }
+
+    /// Writes the (masked) output gradient `gm` of one plane into `buf`: stride 1 as
+    /// `pack_s1`; stride 2 as the plain grid and its first-column-zeroed copy.
+    #[inline(always)]
+    fn pack_g(&self, gm: &[f32], buf: &mut [f32]) {
+        if !self.s2 {
+            return self.pack_s1(gm, buf);
+        }
+        let (gw, p, blen, m) = (self.gw, self.p, self.blen, self.m);
+        buf[p..p + m].copy_from_slice(gm);
+        buf[blen + p..blen + p + m].copy_from_slice(gm);
+        for r in 0..m / gw {
+            buf[blen + p + r * gw] = 0.0;
+        }
+    }
+}
+
+/// `out[o] = act(bias + sum_t w[t] * src[taps[t] + o])` for `o < out.len()`.
+#[inline(always)]
+fn gather<const NT: usize, const FMA: bool>(
+    src: &[f32],
+    taps: &[usize; NT],
+    w: &[f32; NT],
+    bias: f32,
+    relu: bool,
+    out: &mut [f32],
+) {
+    for b in (0..out.len()).step_by(V) {
+        let mut acc = [bias; V];
+        for t in 0..NT {
+            madd::<FMA>(&mut acc, w[t], &ld(src, taps[t] + b));
+        }
+        if relu {
+            acc.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        st(out, b, &acc);
+    }
+}
+
+/// Forward of consecutive planes `plane0..` (`x` and `y` hold whole planes); `buf` is scratch of
+/// `Flat::x_len`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn flat_fwd_impl<const FMA: bool>(
+    f: &Flat,
+    c: usize,
+    plane0: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    relu: bool,
+    y: &mut [f32],
+    buf: &mut [f32],
+) {
+    buf.fill(0.0);
+    let hw = f.h * f.w;
+    for (i, (yp, xp)) in y.chunks_exact_mut(f.m).zip(x.chunks_exact(hw)).enumerate() {
+        let ci = (plane0 + i) % c;
+        if f.s2 {
+            f.pack_s2(xp, buf);
+        } else {
+            f.pack_s1(xp, buf);
+        }
+        let wk: &[f32; 9] = w[ci * 9..ci * 9 + 9].try_into().unwrap_or(&[0.0; 9]);
+        gather::<9, FMA>(buf, &f.taps, wk, bias[ci], relu, yp);
+    }
+}
+
+/// Backward of the planes of images `b0..` (`x`, `y`, `gy`, `dx` hold whole images of `c`
+/// planes), channel by channel so that each channel's weight and bias gradients accumulate in
+/// registers over those images. `dw` (`[c][9]`) and `db` (`[c]`) receive this chunk's sums;
+/// empty outputs are not computed. `scratch` holds `flat_bwd_scratch_len` floats.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn flat_bwd_impl<const FMA: bool>(
+    f: &Flat,
+    c: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &[f32],
+    gy: &[f32],
+    relu: bool,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (hw, m, mr) = (f.h * f.w, f.m, f.mr);
+    let (xb, rest) = scratch.split_at_mut(f.x_len());
+    let (gb, rest) = rest.split_at_mut(f.g_len());
+    let (gm, de) = rest.split_at_mut(mr);
+    xb.fill(0.0);
+    gb.fill(0.0);
+    let images = gy.len() / (c * m);
+    let (need_x, need_w, need_b) = (!dx.is_empty(), !dw.is_empty(), !db.is_empty());
+    // Start of the plain gradient grid in `gb`.
+    let g0 = if f.s2 { f.p } else { f.blen + f.p };
+    for ci in 0..c {
+        let wk: [f32; 9] = std::array::from_fn(|t| w[ci * 9 + t]);
+        let mut acc_w = [[0f32; V]; 9];
+        let mut acc_b = [0f32; V];
+        for bi in 0..images {
+            let plane = bi * c + ci;
+            let gp = &gy[plane * m..][..m];
+            let gsrc = if relu {
+                let yp = &y[plane * m..][..m];
+                for ((d, &gv), &yv) in gm.iter_mut().zip(gp).zip(yp) {
+                    *d = if yv > 0.0 { gv } else { 0.0 };
+                }
+                &gm[..m]
+            } else {
+                gp
+            };
+            f.pack_g(gsrc, gb);
+            if need_b {
+                for b in (0..mr).step_by(V) {
+                    let gv = ld(gb, g0 + b);
+                    for l in 0..V {
+                        acc_b[l] += gv[l];
+                    }
+                }
+            }
+            if need_w {
+                let xp = &x[plane * hw..][..hw];
+                if f.s2 {
+                    f.pack_s2(xp, xb);
+                } else {
+                    f.pack_s1(xp, xb);
+                }
+                // Zero gradient lanes past the plane make its last block's extra lanes inert.
+                for b in (0..mr).step_by(V) {
+                    let gv = ld(gb, g0 + b);
+                    for (acc, &off) in acc_w.iter_mut().zip(&f.taps) {
+                        madd_v::<FMA>(acc, &gv, &ld(xb, off + b));
+                    }
+                }
+            }
+            if need_x {
+                let dxp = &mut dx[plane * hw..][..hw];
+                if !f.s2 {
+                    // The transposed stencil is the forward one with the flipped kernel.
+                    let wf: [f32; 9] = std::array::from_fn(|t| wk[8 - t]);
+                    gather::<9, FMA>(gb, &f.taps, &wf, 0.0, false, dxp);
+                } else {
+                    flat_dx_s2::<FMA>(f, gb, &wk, de, dxp);
+                }
+            }
+        }
+        if need_w {
+            for (d, acc) in dw[ci * 9..ci * 9 + 9].iter_mut().zip(&acc_w) {
+                *d = acc.iter().sum();
+            }
+        }
+        if need_b {
+            db[ci] = acc_b.iter().sum();
+        }
+    }
+}
+
+/// Input gradient of one stride-2 plane from its gradient buffers `gb` (see `Flat::pack_g`),
+/// phase by phase: input (2i + a, 2j + b) receives the taps with `ki`, `kj` of parity opposite
+/// to `a`, `b`, from the output cells (i, j) and, for the taps reaching back one row or
+/// column, (i + 1, j) and (i, j + 1) (read from the first-column-zeroed copy so nothing wraps
+/// around a row end). `de` is scratch of 4 grids.
+#[inline(always)]
+fn flat_dx_s2<const FMA: bool>(f: &Flat, gb: &[f32], w: &[f32; 9], de: &mut [f32], dx: &mut [f32]) {
+    let (p, gw, blen, m, mr) = (f.p, f.gw, f.blen, f.m, f.mr);
+    let (d00, rest) = de.split_at_mut(mr);
+    let (d01, rest) = rest.split_at_mut(mr);
+    let (d10, d11) = rest.split_at_mut(mr);
+    let (c0, r1, cd, rd1) = (p, blen + p + 1, p + gw, blen + p + gw + 1);
+    gather::<1, FMA>(gb, &[c0], &[w[4]], 0.0, false, &mut d00[..m]);
+    gather::<2, FMA>(gb, &[c0, r1], &[w[5], w[3]], 0.0, false, &mut d01[..m]);
+    gather::<2, FMA>(gb, &[c0, cd], &[w[7], w[1]], 0.0, false, &mut d10[..m]);
+    gather::<4, FMA>(
+        gb,
+        &[c0, r1, cd, rd1],
+        &[w[8], w[6], w[2], w[0]],
+        0.0,
+        false,
+        &mut d11[..m],
+    );
+    let half = f.w / 2;
+    for (r, row) in dx.chunks_exact_mut(f.w).enumerate() {
+        let (i, rp) = (r / 2, r % 2);
+        let (ev, od) = if rp == 0 {
+            (&*d00, &*d01)
+        } else {
+            (&*d10, &*d11)
+        };
+        let (ev, od) = (&ev[i * gw..][..gw], &od[i * gw..][..gw]);
+        for (j, pair) in row.chunks_exact_mut(2).enumerate() {
+            pair[0] = ev[j];
+            pair[1] = od[j];
+        }
+        if f.w % 2 == 1 {
+            row[f.w - 1] = ev[half];
+        }
+    }
+}
+
+/// Planes per forward task: a few tasks per thread, each large enough to amortise its setup.
+fn flat_planes_per_task(planes: usize, hw: usize) -> usize {
+    (planes / (8 * crate::util::num_threads())).clamp(1, (16384 / hw.max(1)).max(1))
+}
+
+fn flat_bwd_scratch_len(f: &Flat) -> usize {
+    f.x_len() + f.g_len() + 5 * f.mr
+}
+
+/// Runtime dispatch of the 3x3 kernels: AVX-512, AVX2+FMA, or the baseline build.
+macro_rules! flat_dispatch {
+    ($name:ident => $imp:ident($($arg:ident : $ty:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) {
+                    $imp::<true>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) {
+                    $imp::<true>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && has_avx2() {
+                    // SAFETY: the features were detected at runtime just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has_avx2() {
+                    // SAFETY: the features were detected at runtime just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $imp::<false>($($arg),*)
+        }
+    };
+}
+
+flat_dispatch!(flat_fwd => flat_fwd_impl(
+    f: &Flat, c: usize, plane0: usize, x: &[f32], w: &[f32], bias: &[f32], relu: bool,
+    y: &mut [f32], buf: &mut [f32],
+));
+flat_dispatch!(flat_bwd => flat_bwd_impl(
+    f: &Flat, c: usize, x: &[f32], w: &[f32], y: &[f32], gy: &[f32], relu: bool,
+    dx: &mut [f32], dw: &mut [f32], db: &mut [f32], scratch: &mut [f32],
+));
+
 /// One `Some(chunk)` per item, or all `None` when the buffer is empty (gradient not wanted).
 fn split_opt(v: &mut [f32], chunk: usize, items: usize) -> Vec<Option<&mut [f32]>> {
     if v.is_empty() {
@@ -609,6 +1038,22 @@ impl CustomOp3 for DepthwiseConv2d {
             )
         }
         let mut y = vec![0f32; g.b * g.c_in * n];
+        if let Some(f) = Flat::new(g) {
+            let pc = flat_planes_per_task(g.b * g.c_in, hw);
+            let relu = self.act == Activation::Relu;
+            y.par_chunks_mut(pc * n)
+                .zip(x.par_chunks(pc * hw))
+                .enumerate()
+                .for_each(|(i, (y, x))| {
+                    with_scratch(f.x_len(), 0, |buf, _| {
+                        flat_fwd(&f, g.c_in, i * pc, x, w, bias, relu, y, buf)
+                    })
+                });
+            return Ok((
+                CpuStorage::F32(y),
+                Shape::from_dims(&[g.b, g.c_in, g.oh, g.ow]),
+            ));
+        }
         if use_channel_vectors(g) {
             let wt = CvCtx::interleave(w, g.c_in, kk);
             let bt = CvCtx::interleave(bias, g.c_in, 1);
@@ -689,10 +1134,45 @@ impl CustomOp3 for DepthwiseConv2d {
         // Per-plane partial weight/bias gradients, reduced over the batch afterwards: planes
         // never write to shared memory.
         let planes = g.b * c;
-        let mut dw_parts = vec![0f32; if need_w { planes * kk } else { 0 }];
-        let mut db_parts = vec![0f32; if need_b { planes } else { 0 }];
+        let flat = Flat::new(g);
+        // Images per task of the 3x3 kernels (each task sums its own weight gradient).
+        let ib = g.b.div_ceil(g.b.min(4 * crate::util::num_threads()).max(1));
+        // Partial weight/bias gradient vectors: one per channel of each task, or per plane.
+        let parts = match flat {
+            Some(_) => g.b.div_ceil(ib) * c,
+            None => planes,
+        };
+        let mut dw_parts = vec![0f32; if need_w { parts * kk } else { 0 }];
+        let mut db_parts = vec![0f32; if need_b { parts } else { 0 }];
         let mut dx = vec![0f32; if need_x { planes * hw } else { 0 }];
-        if use_channel_vectors(g) {
+        if let Some(f) = flat {
+            let relu = self.act == Activation::Relu;
+            let slen = flat_bwd_scratch_len(&f);
+            let tasks = g.b.div_ceil(ib);
+            split_opt(&mut dx, ib * c * hw, tasks)
+                .into_par_iter()
+                .zip(split_opt(&mut dw_parts, c * kk, tasks))
+                .zip(split_opt(&mut db_parts, c, tasks))
+                .enumerate()
+                .for_each(|(k, ((dx, dw), db))| {
+                    let (b0, b1) = (k * ib, ((k + 1) * ib).min(g.b));
+                    with_scratch(slen, 0, |scratch, _| {
+                        flat_bwd(
+                            &f,
+                            c,
+                            &xd[b0 * c * hw..b1 * c * hw],
+                            wd,
+                            &yd[b0 * c * n..b1 * c * n],
+                            &gd[b0 * c * n..b1 * c * n],
+                            relu,
+                            dx.unwrap_or_default(),
+                            dw.unwrap_or_default(),
+                            db.unwrap_or_default(),
+                            scratch,
+                        )
+                    });
+                });
+        } else if use_channel_vectors(g) {
             let wt = CvCtx::interleave(wd, c, kk);
             let ctx = CvCtx {
                 g,
@@ -859,5 +1339,172 @@ mod tests {
             let last = offs[k * k - 1] + (g.oh - 1) * s * ph.wr + ow_padded(&g) - L;
             assert!(block(&buf, last).is_some());
         }
+    }
+
+    /// Naive depthwise 3x3 / padding 1 forward and backward of `b x c` planes.
+    #[allow(clippy::type_complexity)]
+    fn naive_3x3(
+        g: &ConvGeom,
+        x: &[f32],
+        w: &[f32],
+        gy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (hw, n) = (g.h * g.w, g.oh * g.ow);
+        let mut y = vec![0f32; g.b * g.c_in * n];
+        let mut dx = vec![0f32; g.b * g.c_in * hw];
+        let mut dw = vec![0f32; g.c_in * 9];
+        let mut db = vec![0f32; g.c_in];
+        for pl in 0..g.b * g.c_in {
+            let ci = pl % g.c_in;
+            for oh in 0..g.oh {
+                for ow in 0..g.ow {
+                    let o = pl * n + oh * g.ow + ow;
+                    db[ci] += gy[o];
+                    for t in 0..9 {
+                        let (ih, iw) = (oh * g.stride + t / 3, ow * g.stride + t % 3);
+                        if ih < 1 || iw < 1 || ih > g.h || iw > g.w {
+                            continue;
+                        }
+                        let xi = pl * hw + (ih - 1) * g.w + iw - 1;
+                        y[o] += w[ci * 9 + t] * x[xi];
+                        dx[xi] += w[ci * 9 + t] * gy[o];
+                        dw[ci * 9 + t] += x[xi] * gy[o];
+                    }
+                }
+            }
+        }
+        (y, dx, dw, db)
+    }
+
+    fn close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn flat_3x3_kernels_match_naive_on_all_small_planes() {
+        let val = |i: usize, k: usize| ((i * 7919 + k * 104729) % 1000) as f32 / 500.0 - 1.0;
+        for s in 1..=2 {
+            for h in 1..=9 {
+                for w in 1..=9 {
+                    let (b, c) = (3, 5);
+                    let g = ConvGeom {
+                        b,
+                        c_in: c,
+                        c_out: c,
+                        ..geom(h, w, 3, s, 1)
+                    };
+                    let f = Flat::new(&g).expect("3x3 pad 1");
+                    let (hw, n) = (h * w, g.oh * g.ow);
+                    let x: Vec<f32> = (0..b * c * hw).map(|i| val(i, 1)).collect();
+                    let wt: Vec<f32> = (0..c * 9).map(|i| val(i, 2)).collect();
+                    let gy: Vec<f32> = (0..b * c * n).map(|i| val(i, 3)).collect();
+                    let (y_ref, dx_ref, dw_ref, db_ref) = naive_3x3(&g, &x, &wt, &gy);
+                    let mut y = vec![f32::NAN; b * c * n];
+                    let mut buf = vec![f32::NAN; f.x_len()];
+                    // Two tasks of planes, the second starting mid-image.
+                    let split = 4;
+                    let (y0, y1) = y.split_at_mut(split * n);
+                    let (x0, x1) = x.split_at(split * hw);
+                    let zb = vec![0f32; c];
+                    flat_fwd(&f, c, 0, x0, &wt, &zb, false, y0, &mut buf);
+                    flat_fwd(&f, c, split, x1, &wt, &zb, false, y1, &mut buf);
+                    close(&format!("y s{s} {h}x{w}"), &y, &y_ref);
+                    let mut dx = vec![f32::NAN; b * c * hw];
+                    let mut dw = vec![0f32; c * 9];
+                    let mut db = vec![0f32; c];
+                    let mut scratch = vec![f32::NAN; flat_bwd_scratch_len(&f)];
+                    // ReLU off: `y` only feeds the mask.
+                    flat_bwd(
+                        &f,
+                        c,
+                        &x,
+                        &wt,
+                        &y,
+                        &gy,
+                        false,
+                        &mut dx,
+                        &mut dw,
+                        &mut db,
+                        &mut scratch,
+                    );
+                    close(&format!("dx s{s} {h}x{w}"), &dx, &dx_ref);
+                    close(&format!("dw s{s} {h}x{w}"), &dw, &dw_ref);
+                    close(&format!("db s{s} {h}x{w}"), &db, &db_ref);
+                }
+            }
+        }
+    }
+
+    /// Test hook: route every geometry to the general kernels (for `time_dw_layers`).
+    pub(super) static GENERAL_ONLY: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// CPU time (all threads of the process) of forward + backward of the MobileNet depthwise
+    /// layers at batch 64, general vs 3x3 kernels, alternating; robust to other load on the
+    /// machine, unlike wall time. `RAYON_NUM_THREADS=1 cargo test --release -p hdr-ops --lib
+    /// time_dw -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn time_dw_layers() -> crate::Result<()> {
+        use crate::conv::{conv2d, Conv2dConfig};
+        use candle_core::{Device, Var};
+        fn cpu_s() -> f64 {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: plain libc call writing into a valid timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+        }
+        let dev = Device::Cpu;
+        for &(c, hw, s) in &[
+            (16, 28, 1),
+            (32, 28, 2),
+            (64, 14, 1),
+            (64, 14, 2),
+            (128, 7, 1),
+            (128, 7, 2),
+            (256, 4, 1),
+            (512, 4, 1),
+        ] {
+            let x = Var::rand(0f32, 1f32, (64, c, hw, hw), &dev)?;
+            let w = Var::randn(0f32, 0.1, (c, 1, 3, 3), &dev)?;
+            let cfg = Conv2dConfig {
+                stride: s,
+                padding: 1,
+                groups: c,
+                activation: Activation::None,
+            };
+            let mut best = [f64::MAX; 2];
+            for round in 0..6 {
+                for (k, general) in [false, true].into_iter().enumerate() {
+                    GENERAL_ONLY.store(general, std::sync::atomic::Ordering::Relaxed);
+                    let iters = 20;
+                    let t0 = cpu_s();
+                    for _ in 0..iters {
+                        let y = conv2d(x.as_tensor(), w.as_tensor(), None, &cfg)?;
+                        std::hint::black_box(y.backward()?);
+                    }
+                    if round > 0 {
+                        best[k] = best[k].min((cpu_s() - t0) / iters as f64 * 1e3);
+                    }
+                }
+            }
+            GENERAL_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "dw{c}_{hw}_s{s}: 3x3 {:.3} ms, general {:.3} ms CPU, ratio {:.2}",
+                best[0],
+                best[1],
+                best[1] / best[0]
+            );
+        }
+        Ok(())
     }
 }

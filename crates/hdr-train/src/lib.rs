@@ -51,7 +51,7 @@ pub use recipe::recipe;
 pub use schedule::{LrSchedule, Schedule};
 pub use study::{
     results_markdown, study_table, train_and_evaluate, training_cost_markdown, utc_date_today,
-    Splits, StudyData, StudyOutcome,
+    write_results_section, Splits, StudyData, StudyOutcome,
 };
 pub use trainer::{
     fit, teacher_logits, trainable, DistillConfig, EarlyStopping, Teacher, TrainConfig,

@@ -10,7 +10,7 @@ use hdr_data::{Dataset, Mnist, MnistOptions, SplitConfig};
 use hdr_metrics::{format_duration, Average, ClassificationReport, ComparisonTable};
 use hdr_models::ModelConfig;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::evaluate::{evaluate, measure_efficiency};
 use crate::history::History;
 use crate::trainer::{fit, Teacher, TrainConfig};
@@ -155,21 +155,37 @@ pub fn training_cost_markdown(outcomes: &[StudyOutcome]) -> String {
     md
 }
 
-/// A results page: what was run, where and when, the results table and the training cost.
+/// The generated part of a results page: what was run, where and when, the results table and
+/// the training cost. [`write_results_section`] puts it into a hand-written page.
 pub fn results_markdown(
     outcomes: &[StudyOutcome],
     command: &str,
     elapsed: std::time::Duration,
 ) -> String {
     format!(
-        "# Results\n\nMNIST test split (10,000 images), single models, one seeded run each, CPU only. \
+        "MNIST test split (10,000 images), single models, one seeded run each, CPU only. \
          Precision, recall and F1 are macro averages; latency is batch 1, median.\n\n\
          - command: `{command}`\n- date: {date}\n- machine: 2 vCPUs (Intel Xeon, AVX-512), 24 GiB, no GPU\n\
-         - whole run: {mins:.1} min\n\n{table}\n## Training cost\n\n{cost}",
+         - whole run: {mins:.1} min\n\n{table}\nTraining cost:\n\n{cost}",
         date = utc_date_today(),
         mins = elapsed.as_secs_f64() / 60.0,
         table = study_table(outcomes).render_markdown(),
         cost = training_cost_markdown(outcomes),
+    )
+}
+
+/// Writes `markdown` into the section `id` of the Markdown page `path` (see
+/// [`hdr_metrics::splice_section`]), creating the page if needed and keeping everything else in
+/// it; the page is replaced atomically.
+pub fn write_results_section(path: &Path, id: &str, markdown: &str) -> Result<()> {
+    let page = match std::fs::read_to_string(path) {
+        Ok(page) => page,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    crate::history::write_atomic(
+        path,
+        hdr_metrics::splice_section(&page, id, markdown).as_bytes(),
     )
 }
 
