@@ -62,7 +62,8 @@ struct Args {
     /// Folder of the saved variants.
     #[arg(long, default_value = "runs/compress")]
     out_dir: PathBuf,
-    /// Also write the table, the command, machine and date as Markdown to this file.
+    /// Also write the table, the command, machine and date into this Markdown page (its
+    /// `compress-<model>` section; the rest of the page is kept), e.g. docs/RESULTS.md.
     #[arg(long)]
     markdown: Option<PathBuf>,
 }
@@ -151,7 +152,8 @@ fn main() -> anyhow::Result<()> {
             )?)
         },
     )?;
-    hdr::models::save(&file("pruned"), &name, &sparse.config, &sparse.vars)?;
+    // Stored as bitmaps and non-zero values: the saving shows in the file size.
+    hdr::compress::save_sparse(&file("pruned"), &name, &sparse.config, &sparse.vars)?;
     let folded = StructuredModel::fold(&name, &dense.model.graph(), &dense.vars)?;
     let structured = step(
         &format!(
@@ -225,6 +227,7 @@ fn main() -> anyhow::Result<()> {
         );
         write_results(
             path,
+            &name,
             &results_markdown(&name, &rows, &command, started.elapsed()),
         )?;
         println!("\nwrote {}", path.display());

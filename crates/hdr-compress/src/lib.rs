@@ -13,10 +13,12 @@
 //!   ([`conv2d`], [`depthwise_conv2d`]), pooling, addition, concatenation and
 //!   [`requantize`] are exposed for testing and reuse.
 //! - **Files**: [`QuantizedModel::save`] / [`QuantizedModel::load`]: safetensors with `I8`
-//!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller.
+//!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller;
+//!   [`pretrained_int8`] loads the shipped int8 LeNet-5.
 //! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`] or [`Scope::Global`]),
 //!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015), [`sparsity_report`].
-//!   Fine-tuning ([`FineTuneConfig`]) follows the zoo's training recipe: random affine
+//!   [`save_sparse`] / [`load_sparse`] store a pruned model as bitmaps and non-zero values
+//!   (90% sparse LeNet-5: 35 kB instead of 247 kB). Fine-tuning ([`FineTuneConfig`]) follows the zoo's training recipe: random affine
 //!   augmentation and Adam with a learning rate decaying (cosine) within every run.
 //! - **Structured pruning** (Li et al. 2017): [`StructuredModel::fold`] folds a model's batch
 //!   norms into its convolutions (the folding quantization uses); [`StructuredModel::prune`]
@@ -62,8 +64,10 @@ mod io;
 mod kernels;
 mod measure;
 mod model;
+mod pretrained;
 mod prune;
 mod quant;
+mod sparse;
 mod structured;
 
 pub use error::{CompressError, Result};
@@ -77,6 +81,7 @@ pub use measure::{
     write_results, Inference, MeasureSettings, VariantReport,
 };
 pub use model::{LayerError, QuantizeConfig, QuantizedModel};
+pub use pretrained::{pretrained_int8, pretrained_int8_names};
 pub use prune::{
     fine_tune, magnitude, prunable, prune_iteratively, sparsity_report, FineTuneConfig,
     LayerSparsity, Masks, Scope,
@@ -84,6 +89,7 @@ pub use prune::{
 pub use quant::{
     dequantize, quantize, quantize_per_channel, Observer, PerChannel, QuantParams, RangeObserver,
 };
+pub use sparse::{load_sparse, save_sparse, sparse_bytes, sparse_from_bytes, SPARSE_FORMAT};
 pub use structured::{
     graph_macs, ChannelSelection, LayerWidth, StructuredConfig, StructuredModel, STRUCTURED_FORMAT,
 };

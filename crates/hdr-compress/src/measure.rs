@@ -329,7 +329,8 @@ pub fn machine_description() -> String {
     )
 }
 
-/// A results page: what was run, where and when, and the table.
+/// A results section: what was run, where and when, and the table ([`write_results`] puts it
+/// into a page).
 pub fn results_markdown(
     model: &str,
     rows: &[VariantReport],
@@ -340,7 +341,7 @@ pub fn results_markdown(
         .first()
         .map_or((0, 0), |r| (r.latency_b1.runs, r.batch256.runs));
     format!(
-        "# Compression of {model}\n\nMNIST test split, CPU only. Non-zero parameters count \
+        "Compression of `{model}`: MNIST test split, CPU only. Non-zero parameters count \
          weights and biases; MACs are those inference executes per image (zeros in a dense \
          weight still cost). Latency is the median of {b1} batch-1 runs; images/s is batch 256 \
          at the median of {b256} runs; speed-ups are against the first row.\n\n\
@@ -353,9 +354,21 @@ pub fn results_markdown(
     )
 }
 
-/// Writes a results page (e.g. from [`results_markdown`]) to `path` atomically: a temporary
-/// file in the same folder, then a rename.
-pub fn write_results(path: &Path, page: &str) -> Result<()> {
+/// Writes `markdown` (e.g. from [`results_markdown`]) into the section `compress-<model>` of
+/// the Markdown page `path` (see [`hdr_metrics::splice_section`]), creating the page if needed
+/// and keeping the rest of it; the page is replaced atomically.
+pub fn write_results(path: &Path, model: &str, markdown: &str) -> Result<()> {
+    let page = match std::fs::read_to_string(path) {
+        Ok(page) => page,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(CompressError::Io {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    let page = hdr_metrics::splice_section(&page, &format!("compress-{model}"), markdown);
     crate::io::write_atomic(path, page.as_bytes())
 }
 

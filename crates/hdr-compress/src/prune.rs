@@ -28,7 +28,7 @@ pub struct Masks {
     masks: BTreeMap<String, Tensor>,
 }
 
-fn lock(
+pub(crate) fn lock(
     vars: &VarMap,
 ) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, candle_core::Var>>> {
     vars.data()
