@@ -656,10 +656,6 @@ struct Flat {
 impl Flat {
     /// The kernels' geometry, when they apply.
     fn new(g: &ConvGeom) -> Option<Self> {
-        #[cfg(test)]
-        if tests::GENERAL_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
         if g.kh != 3 || g.kw != 3 || g.pad != 1 || !(g.stride == 1 || g.stride == 2) {
             return None;
         }
@@ -1439,72 +1435,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Test hook: route every geometry to the general kernels (for `time_dw_layers`).
-    pub(super) static GENERAL_ONLY: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
-
-    /// CPU time (all threads of the process) of forward + backward of the MobileNet depthwise
-    /// layers at batch 64, general vs 3x3 kernels, alternating; robust to other load on the
-    /// machine, unlike wall time. `RAYON_NUM_THREADS=1 cargo test --release -p hdr-ops --lib
-    /// time_dw -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn time_dw_layers() -> crate::Result<()> {
-        use crate::conv::{conv2d, Conv2dConfig};
-        use candle_core::{Device, Var};
-        fn cpu_s() -> f64 {
-            let mut t = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: plain libc call writing into a valid timespec.
-            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-            t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-        }
-        let dev = Device::Cpu;
-        for &(c, hw, s) in &[
-            (16, 28, 1),
-            (32, 28, 2),
-            (64, 14, 1),
-            (64, 14, 2),
-            (128, 7, 1),
-            (128, 7, 2),
-            (256, 4, 1),
-            (512, 4, 1),
-        ] {
-            let x = Var::rand(0f32, 1f32, (64, c, hw, hw), &dev)?;
-            let w = Var::randn(0f32, 0.1, (c, 1, 3, 3), &dev)?;
-            let cfg = Conv2dConfig {
-                stride: s,
-                padding: 1,
-                groups: c,
-                activation: Activation::None,
-            };
-            let mut best = [f64::MAX; 2];
-            for round in 0..6 {
-                for (k, general) in [false, true].into_iter().enumerate() {
-                    GENERAL_ONLY.store(general, std::sync::atomic::Ordering::Relaxed);
-                    let iters = 20;
-                    let t0 = cpu_s();
-                    for _ in 0..iters {
-                        let y = conv2d(x.as_tensor(), w.as_tensor(), None, &cfg)?;
-                        std::hint::black_box(y.backward()?);
-                    }
-                    if round > 0 {
-                        best[k] = best[k].min((cpu_s() - t0) / iters as f64 * 1e3);
-                    }
-                }
-            }
-            GENERAL_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
-            println!(
-                "dw{c}_{hw}_s{s}: 3x3 {:.3} ms, general {:.3} ms CPU, ratio {:.2}",
-                best[0],
-                best[1],
-                best[1] / best[0]
-            );
-        }
-        Ok(())
     }
 }
