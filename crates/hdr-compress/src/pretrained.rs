@@ -9,10 +9,16 @@ use crate::model::QuantizedModel;
 
 /// `(model name, int8 safetensors bytes)`.
 #[cfg(feature = "pretrained")]
-const EMBEDDED: &[(&str, &[u8])] = &[(
-    "lenet5",
-    include_bytes!("../weights/lenet5-int8.safetensors"),
-)];
+const EMBEDDED: &[(&str, &[u8])] = &[
+    (
+        "lenet5",
+        include_bytes!("../weights/lenet5-int8.safetensors"),
+    ),
+    (
+        "mobilenet_hdr",
+        include_bytes!("../weights/mobilenet_hdr-int8.safetensors"),
+    ),
+];
 
 #[cfg(not(feature = "pretrained"))]
 const EMBEDDED: &[(&str, &[u8])] = &[];

@@ -1,33 +1,47 @@
-//! The shipped int8 models load by name and agree with the f32 models they came from.
+//! The shipped int8 models load by name and agree with the f32 models they came from on the
+//! MNIST test split (from `HDR_DATA_DIR`).
 
-use candle_core::{Device, Tensor};
+mod common;
+
+use candle_core::Device;
 use hdr_compress::{pretrained_int8, pretrained_int8_names, CompressError};
+use hdr_data::{BatchConfig, Mnist};
 
 #[test]
 fn shipped_int8_models_agree_with_their_f32_originals() -> anyhow::Result<()> {
-    assert!(pretrained_int8_names().contains(&"lenet5"));
-    for name in pretrained_int8_names() {
-        let q = pretrained_int8(name)?;
-        let f = hdr_models::pretrained(name, &Device::Cpu)?;
-        // Smooth random strokes are far from MNIST, so only the shapes and broad agreement
-        // are checked here; test-set accuracy is measured by the compress example.
-        let x = Tensor::rand(0f32, 1f32, (64, 1, 28, 28), &Device::Cpu)?;
-        let (qa, fa) = (q.forward(&x)?.argmax(1)?, f.model.forward(&x)?.argmax(1)?);
-        let same = qa
-            .eq(&fa)?
-            .to_dtype(candle_core::DType::F32)?
-            .mean_all()?
-            .to_scalar::<f32>()?;
-        assert!(
-            same >= 0.9,
-            "{name}: int8 and f32 agree on {same} of random inputs"
-        );
-    }
+    let names = pretrained_int8_names();
+    assert!(names.contains(&"lenet5") && names.contains(&"mobilenet_hdr"));
     assert!(matches!(
         pretrained_int8("lenet6"),
         Err(CompressError::Model(
             hdr_models::ModelError::UnknownModel { .. }
         ))
     ));
+    let Some(dir) = common::real_data_dir() else {
+        return Ok(());
+    };
+    let test = Mnist::from_dir(dir)?.test.head(2_000);
+    for name in names {
+        let q = pretrained_int8(name)?;
+        let f = hdr_models::pretrained(name, &Device::Cpu)?;
+        let (mut same, mut right, mut n) = (0usize, 0usize, 0usize);
+        for batch in test.batches(&BatchConfig::eval(250), 0, &Device::Cpu)? {
+            let b = batch?;
+            let qa = q.forward(&b.images)?.argmax(1)?.to_vec1::<u32>()?;
+            let fa = f.model.forward(&b.images)?.argmax(1)?.to_vec1::<u32>()?;
+            let labels = b.labels.to_vec1::<u32>()?;
+            for ((q, f), l) in qa.iter().zip(&fa).zip(&labels) {
+                same += usize::from(q == f);
+                right += usize::from(q == l);
+                n += 1;
+            }
+        }
+        let (agree, acc) = (same as f64 / n as f64, right as f64 / n as f64);
+        assert!(agree >= 0.995, "{name}: int8 agrees with f32 on {agree}");
+        assert!(
+            acc >= 0.99,
+            "{name}: int8 accuracy {acc} on {n} test digits"
+        );
+    }
     Ok(())
 }
