@@ -47,6 +47,37 @@ pub(crate) fn format_err(path: &Path, reason: impl Into<String>) -> CompressErro
     }
 }
 
+/// The metadata of the safetensors file `bytes` (named `source` in errors), checked to carry
+/// `format` under the `format` key.
+pub(crate) fn metadata(
+    bytes: &[u8],
+    source: &Path,
+    format: &str,
+) -> Result<HashMap<String, String>> {
+    let (_, meta) =
+        SafeTensors::read_metadata(bytes).map_err(|e| format_err(source, e.to_string()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let found = meta_get(&meta, "format", source)?;
+    if found != format {
+        return Err(format_err(
+            source,
+            format!("format {found:?}, expected {format:?}"),
+        ));
+    }
+    Ok(meta)
+}
+
+/// The metadata value `key`, or an error naming the file.
+pub(crate) fn meta_get<'m>(
+    meta: &'m HashMap<String, String>,
+    key: &str,
+    source: &Path,
+) -> Result<&'m str> {
+    meta.get(key)
+        .map(String::as_str)
+        .ok_or_else(|| format_err(source, format!("no {key:?} metadata key")))
+}
+
 impl QuantizedModel {
     /// The bytes of the file [`QuantizedModel::save`] writes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -110,19 +141,8 @@ impl QuantizedModel {
     /// Reads a model from the bytes of a file; `source` names it in errors.
     pub fn from_bytes(bytes: &[u8], source: &Path) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| format_err(source, e.to_string()))?;
-        let (_, meta) =
-            SafeTensors::read_metadata(bytes).map_err(|e| format_err(source, e.to_string()))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let get = |k: &str| {
-            meta.get(k)
-                .ok_or_else(|| format_err(source, format!("no {k:?} metadata key")))
-        };
-        if get("format")? != QUANTIZED_FORMAT {
-            return Err(format_err(
-                source,
-                format!("format {:?}, expected {QUANTIZED_FORMAT:?}", get("format")?),
-            ));
-        }
+        let meta = metadata(bytes, source, QUANTIZED_FORMAT)?;
+        let get = |k: &str| meta_get(&meta, k, source);
         let ops: Vec<OpRecord> = serde_json::from_str(get("ops")?)
             .map_err(|e| format_err(source, format!("op list does not parse: {e}")))?;
         let mut weights = Vec::with_capacity(ops.len());
@@ -163,7 +183,7 @@ impl QuantizedModel {
             };
             weights.push(w);
         }
-        let name = get("model")?.clone();
+        let name = get("model")?.to_string();
         // `from_parts` checks every op against its weights and the ops' order.
         QuantizedModel::from_parts(name, ops, weights, None)
     }

@@ -18,7 +18,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{CompressError, Result};
-use crate::io::{format_err, write_atomic};
+use crate::io::{format_err, meta_get, metadata, write_atomic};
 use crate::prune::lock;
 
 /// Value of the `format` metadata key of sparse model files.
@@ -158,23 +158,10 @@ pub fn load_sparse(path: &Path, device: &Device) -> Result<LoadedModel> {
 /// [`load_sparse`] from the bytes of a file; `source` names it in errors.
 pub fn sparse_from_bytes(bytes: &[u8], source: &Path, device: &Device) -> Result<LoadedModel> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| format_err(source, e.to_string()))?;
-    let (_, meta) =
-        SafeTensors::read_metadata(bytes).map_err(|e| format_err(source, e.to_string()))?;
-    let meta = meta.metadata().clone().unwrap_or_default();
-    let get = |k: &str| {
-        meta.get(k)
-            .cloned()
-            .ok_or_else(|| format_err(source, format!("no {k:?} metadata key")))
-    };
-    let format = get("format")?;
-    if format != SPARSE_FORMAT {
-        return Err(format_err(
-            source,
-            format!("format {format:?}, expected {SPARSE_FORMAT:?} (a dense file loads with hdr_models::load)"),
-        ));
-    }
-    let name = get("model")?;
-    let config: ModelConfig = serde_json::from_str(&get("config")?)
+    let meta = metadata(bytes, source, SPARSE_FORMAT)?;
+    let get = |k: &str| meta_get(&meta, k, source);
+    let name = get("model")?.to_string();
+    let config: ModelConfig = serde_json::from_str(get("config")?)
         .map_err(|e| format_err(source, format!("config does not parse: {e}")))?;
     let vars = VarMap::new();
     let model = config.build(VarBuilder::from_varmap(&vars, DType::F32, device))?;

@@ -14,7 +14,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use hdr_data::Dataset;
 use hdr_models::{Graph, Node, NodeId};
-use safetensors::SafeTensors;
 
 use crate::error::{CompressError, Result};
 use crate::fold::{folded_conv, missing, read_params};
@@ -923,22 +922,8 @@ impl StructuredModel {
 
     /// Reads a model from the bytes of a file; `source` names it in errors.
     pub fn from_bytes(bytes: &[u8], source: &Path, device: &Device) -> Result<Self> {
-        let (_, meta) =
-            SafeTensors::read_metadata(bytes).map_err(|e| format_err(source, e.to_string()))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let get = |k: &str| {
-            meta.get(k)
-                .ok_or_else(|| format_err(source, format!("no {k:?} metadata key")))
-        };
-        if get("format")? != STRUCTURED_FORMAT {
-            return Err(format_err(
-                source,
-                format!(
-                    "format {:?}, expected {STRUCTURED_FORMAT:?}",
-                    get("format")?
-                ),
-            ));
-        }
+        let meta = crate::io::metadata(bytes, source, STRUCTURED_FORMAT)?;
+        let get = |k: &str| crate::io::meta_get(&meta, k, source);
         let graph: Graph = serde_json::from_str(get("graph")?)
             .map_err(|e| format_err(source, format!("graph does not parse: {e}")))?;
         let params = candle_core::safetensors::load_buffer(bytes, device)
@@ -954,7 +939,7 @@ impl StructuredModel {
         }
         infer(&graph, &params)?;
         Ok(Self {
-            name: get("model")?.clone(),
+            name: get("model")?.to_string(),
             graph,
             vars: to_vars(params)?,
         })
