@@ -355,21 +355,14 @@ pub fn results_markdown(
 }
 
 /// Writes `markdown` (e.g. from [`results_markdown`]) into the section `compress-<model>` of
-/// the Markdown page `path` (see [`hdr_metrics::splice_section`]), creating the page if needed
-/// and keeping the rest of it; the page is replaced atomically.
+/// the Markdown page `path` ([`hdr_train::write_results_section`]): created if needed, the rest
+/// kept, replaced atomically.
 pub fn write_results(path: &Path, model: &str, markdown: &str) -> Result<()> {
-    let page = match std::fs::read_to_string(path) {
-        Ok(page) => page,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(CompressError::Io {
-                path: path.into(),
-                source,
-            })
-        }
-    };
-    let page = hdr_metrics::splice_section(&page, &format!("compress-{model}"), markdown);
-    crate::io::write_atomic(path, page.as_bytes())
+    Ok(hdr_train::write_results_section(
+        path,
+        &format!("compress-{model}"),
+        markdown,
+    )?)
 }
 
 #[cfg(test)]

@@ -215,6 +215,25 @@ fn civil_date(days: i64) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn results_sections_replace_themselves_and_keep_the_prose() -> crate::Result<()> {
+        let dir =
+            tempfile::tempdir().map_err(|e| crate::TrainError::io(std::path::Path::new("."), e))?;
+        let page = dir.path().join("RESULTS.md");
+        super::write_results_section(&page, "study", "old table\n")?;
+        let mut text = std::fs::read_to_string(&page).unwrap_or_default();
+        text = format!("# Results\n\nprose\n\n{text}\nmore prose\n");
+        std::fs::write(&page, &text).map_err(|e| crate::TrainError::io(&page, e))?;
+        super::write_results_section(&page, "study", "new table\n")?;
+        let after = std::fs::read_to_string(&page).unwrap_or_default();
+        assert!(after.starts_with("# Results\n\nprose\n") && after.ends_with("more prose\n"));
+        assert!(
+            after.contains("new table") && !after.contains("old table"),
+            "{after}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn civil_dates() {
         assert_eq!(super::civil_date(0), "1970-01-01");
         assert_eq!(super::civil_date(11_016), "2000-02-29");
