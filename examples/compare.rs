@@ -40,6 +40,10 @@ struct Args {
     /// An already-trained teacher file to distil from, instead of the study's own.
     #[arg(long)]
     teacher: Option<PathBuf>,
+    /// Run the teacher on every augmented batch instead of caching its logits of the clean
+    /// images once (consistent soft targets, at the cost of a teacher forward pass per batch).
+    #[arg(long)]
+    live_teacher: bool,
     /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -53,6 +57,8 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut outcomes: Vec<StudyOutcome> = Vec::new();
     let mut teacher: Option<StudyOutcome> = None;
+    // Kept alive for the whole loop: a live teacher borrows it.
+    let mut teacher_models: Vec<hdr::models::LoadedModel> = Vec::new();
     for name in &a.models {
         let config = hdr::models::config(name)?;
         let wants = match &config {
@@ -85,16 +91,23 @@ fn main() -> anyhow::Result<()> {
                 };
                 let loaded = hdr::models::load(&file, &device)?;
                 println!("distilling from {} ({})", loaded.name, file.display());
-                let cache = a.out_dir.join(format!("{t}.train-logits.safetensors"));
-                let _ = std::fs::remove_file(&cache);
-                let logits = teacher_logits(
-                    loaded.model.as_ref(),
-                    &data.train,
-                    Default::default(),
-                    Some(&cache),
-                    &device,
-                )?;
-                Some(Teacher::Logits(logits))
+                if a.live_teacher {
+                    teacher_models.push(loaded);
+                    Some(Teacher::Model(
+                        teacher_models.last().unwrap().model.as_ref(),
+                    ))
+                } else {
+                    let cache = a.out_dir.join(format!("{t}.train-logits.safetensors"));
+                    let _ = std::fs::remove_file(&cache);
+                    let logits = teacher_logits(
+                        loaded.model.as_ref(),
+                        &data.train,
+                        Default::default(),
+                        Some(&cache),
+                        &device,
+                    )?;
+                    Some(Teacher::Logits(logits))
+                }
             }
             None => None,
         };

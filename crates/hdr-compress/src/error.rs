@@ -79,6 +79,22 @@ pub enum CompressError {
         source: std::io::Error,
     },
 
+    /// A shipped int8 model that lives in the repository only (too large for the crates.io
+    /// package) was asked for outside a checkout of it.
+    #[error(
+        "the int8 {name} is not in the crates.io package; it is in the repository \
+         (crates/hdr-compress/weights/{name}-int8.safetensors, expected at {}): depend on \
+         hdr-compress from git or a checkout, or make it with `cargo run --release --example \
+         quantize -- {name}`",
+        .path.display()
+    )]
+    PretrainedNotPackaged {
+        /// The model asked for.
+        name: String,
+        /// Where the file was looked for.
+        path: PathBuf,
+    },
+
     /// An error from the model zoo.
     #[error(transparent)]
     Model(#[from] hdr_models::ModelError),

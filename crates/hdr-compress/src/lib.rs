@@ -14,12 +14,13 @@
 //!   [`requantize`] are exposed for testing and reuse.
 //! - **Files**: [`QuantizedModel::save`] / [`QuantizedModel::load`]: safetensors with `I8`
 //!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller;
-//!   [`pretrained_int8`] loads the shipped int8 LeNet-5.
+//!   [`pretrained_int8`] loads the int8 version of every model `hdr_models::pretrained` ships.
 //! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`] or [`Scope::Global`]),
 //!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015), [`sparsity_report`].
 //!   [`save_sparse`] / [`load_sparse`] store a pruned model as bitmaps and non-zero values
-//!   (90% sparse LeNet-5: 35 kB instead of 247 kB). Fine-tuning ([`FineTuneConfig`]) follows the zoo's training recipe: random affine
-//!   augmentation and Adam with a learning rate decaying (cosine) within every run.
+//!   (90% sparse LeNet-5: 35 kB instead of 247 kB). Fine-tuning ([`FineTuneConfig`]) follows
+//!   the zoo's training recipe: random affine augmentation and Adam with a learning rate
+//!   decaying (cosine) within every run.
 //! - **Structured pruning** (Li et al. 2017): [`StructuredModel::fold`] folds a model's batch
 //!   norms into its convolutions (the folding quantization uses); [`StructuredModel::prune`]
 //!   removes whole convolution channels and hidden units by the L1 norm of their filters, the
@@ -30,7 +31,9 @@
 //! - **Comparison**: [`measure`] a variant ([`Inference`]: f32 models, [`QuantizedModel`],
 //!   [`StructuredModel`]) for file size, non-zero parameters, MACs, accuracy and latency;
 //!   [`render_text`], [`render_markdown`] and [`results_markdown`] tabulate the
-//!   [`VariantReport`]s (the `compress` example).
+//!   [`VariantReport`]s (the `compress` example); [`int8_summary_text`] and
+//!   [`int8_results_markdown`] put several models' f32 and int8 side by side (the `quantize`
+//!   example).
 //!
 //! Rounding is half away from zero everywhere (quantization and requantization).
 //!
@@ -77,8 +80,9 @@ pub use kernels::{
     ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale, MAX_K,
 };
 pub use measure::{
-    accuracy, machine_description, measure, render_markdown, render_text, results_markdown,
-    write_results, Inference, MeasureSettings, VariantReport,
+    accuracy, int8_results_markdown, int8_summary_markdown, int8_summary_text, machine_description,
+    measure, render_markdown, render_text, results_markdown, write_results, Inference,
+    Int8Comparison, MeasureSettings, VariantReport,
 };
 pub use model::{LayerError, QuantizeConfig, QuantizedModel};
 pub use pretrained::{pretrained_int8, pretrained_int8_names};

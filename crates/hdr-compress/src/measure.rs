@@ -260,9 +260,18 @@ fn cells(rows: &[VariantReport]) -> Vec<[String; 9]> {
 
 /// An aligned plain-text table (the variant left-aligned, numbers right-aligned).
 pub fn render_text(rows: &[VariantReport]) -> String {
-    let body = cells(rows);
-    let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.chars().count()).collect();
-    for row in &body {
+    text_table(&HEADERS, &cells(rows))
+}
+
+/// The table in GitHub Markdown.
+pub fn render_markdown(rows: &[VariantReport]) -> String {
+    markdown_table(&HEADERS, &cells(rows))
+}
+
+/// `headers` and `body` aligned in columns: the first left-aligned, the others right-aligned.
+fn text_table<const N: usize>(headers: &[&str; N], body: &[[String; N]]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in body {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -282,27 +291,89 @@ pub fn render_text(rows: &[VariantReport]) -> String {
             .collect();
         format!("{}\n", parts.join("  ").trim_end())
     };
-    let mut out = line(&mut HEADERS.iter().copied());
-    for row in &body {
+    let mut out = line(&mut headers.iter().copied());
+    for row in body {
         out.push_str(&line(&mut row.iter().map(String::as_str)));
     }
     out
 }
 
-/// The table in GitHub Markdown.
-pub fn render_markdown(rows: &[VariantReport]) -> String {
+/// `headers` and `body` as a GitHub Markdown table, numbers right-aligned.
+fn markdown_table<const N: usize>(headers: &[&str; N], body: &[[String; N]]) -> String {
     let row = |cells: &mut dyn Iterator<Item = &str>| -> String {
         let cells: Vec<String> = cells.map(|c| c.replace('|', "\\|")).collect();
         format!("| {} |\n", cells.join(" | "))
     };
-    let mut out = row(&mut HEADERS.iter().copied());
+    let mut out = row(&mut headers.iter().copied());
     out.push_str("|---|");
-    out.push_str(&"---:|".repeat(HEADERS.len() - 1));
+    out.push_str(&"---:|".repeat(N - 1));
     out.push('\n');
-    for r in cells(rows) {
+    for r in body {
         out.push_str(&row(&mut r.iter().map(String::as_str)));
     }
     out
+}
+
+/// One model's f32 and int8 variants, for [`int8_summary_text`] and
+/// [`int8_summary_markdown`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Comparison {
+    /// The model's name.
+    pub model: String,
+    /// Its f32 variant, measured by [`measure`].
+    pub f32: VariantReport,
+    /// Its int8 variant, measured the same way.
+    pub int8: VariantReport,
+}
+
+const INT8_HEADERS: [&str; 10] = [
+    "model",
+    "f32 accuracy",
+    "int8 accuracy",
+    "change (points)",
+    "f32 file",
+    "int8 file",
+    "smaller",
+    "b1 latency int8",
+    "b1 speed-up",
+    "b256 speed-up",
+];
+
+/// The cells of the int8 summary; sizes and speed-ups are int8 against the model's own f32.
+fn int8_cells(rows: &[Int8Comparison]) -> Vec<[String; 10]> {
+    let ratio = |num: f64, den: f64| {
+        if den > 0.0 {
+            format!("{:.2}x", num / den)
+        } else {
+            "-".into()
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            [
+                r.model.clone(),
+                format!("{:.2}%", 100.0 * r.f32.accuracy),
+                format!("{:.2}%", 100.0 * r.int8.accuracy),
+                format!("{:+.2}", 100.0 * (r.int8.accuracy - r.f32.accuracy)),
+                format_bytes(r.f32.file_bytes),
+                format_bytes(r.int8.file_bytes),
+                ratio(r.f32.file_bytes as f64, r.int8.file_bytes as f64),
+                format_duration(r.int8.latency_b1.median),
+                ratio(r.int8.latency_b1.throughput, r.f32.latency_b1.throughput),
+                ratio(r.int8.batch256.throughput, r.f32.batch256.throughput),
+            ]
+        })
+        .collect()
+}
+
+/// Several models quantized to int8, one row each, as an aligned text table.
+pub fn int8_summary_text(rows: &[Int8Comparison]) -> String {
+    text_table(&INT8_HEADERS, &int8_cells(rows))
+}
+
+/// Several models quantized to int8, one row each, as a GitHub Markdown table.
+pub fn int8_summary_markdown(rows: &[Int8Comparison]) -> String {
+    markdown_table(&INT8_HEADERS, &int8_cells(rows))
 }
 
 /// The first value of `key: value` lines in a `/proc`-style file, if readable.
@@ -351,6 +422,26 @@ pub fn results_markdown(
         machine = machine_description(),
         mins = elapsed.as_secs_f64() / 60.0,
         table = render_markdown(rows),
+    )
+}
+
+/// A results section for several models quantized to int8 ([`int8_summary_markdown`]), with
+/// what was run, where and when; `hdr_train::write_results_section` puts it into a page.
+pub fn int8_results_markdown(rows: &[Int8Comparison], command: &str, elapsed: Duration) -> String {
+    let (b1, b256) = rows
+        .first()
+        .map_or((0, 0), |r| (r.int8.latency_b1.runs, r.int8.batch256.runs));
+    format!(
+        "Post-training static int8 quantization (per-channel weights, activations calibrated on \
+         512 training images) of each model, against its own f32 version on the MNIST test \
+         split, CPU only, our kernels for both. Latency is the median of {b1} batch-1 runs; the \
+         batch-256 speed-up compares images/s at the median of {b256} runs.\n\n\
+         - command: `{command}`\n- date: {date}\n- machine: {machine}\n- whole run: {mins:.1} min\n\n\
+         {table}",
+        date = hdr_train::utc_date_today(),
+        machine = machine_description(),
+        mins = elapsed.as_secs_f64() / 60.0,
+        table = int8_summary_markdown(rows),
     )
 }
 
@@ -405,5 +496,30 @@ mod tests {
         assert!(page.contains("- command: `compress lenet5`"));
         assert!(page.contains("whole run: 1.5 min"));
         assert!(page.ends_with(&md));
+    }
+
+    #[test]
+    fn int8_summary_compares_each_model_with_its_own_f32() {
+        let mut int8 = row("int8", 1, 50);
+        int8.file_bytes = 61_750;
+        int8.accuracy = 0.9905;
+        let rows = [Int8Comparison {
+            model: "lenet5".into(),
+            f32: row("f32", 4, 100),
+            int8,
+        }];
+        let text = int8_summary_text(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("model"));
+        for cell in ["lenet5", "99.12%", "99.05%", "-0.07", "4.00x", "2.00x"] {
+            assert!(lines[1].contains(cell), "{cell} missing from {}", lines[1]);
+        }
+        let md = int8_summary_markdown(&rows);
+        assert_eq!(md.lines().count(), 3);
+        assert_eq!(
+            md.lines().nth(1),
+            Some("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        );
     }
 }

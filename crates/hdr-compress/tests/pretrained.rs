@@ -10,7 +10,12 @@ use hdr_data::{BatchConfig, Mnist};
 #[test]
 fn shipped_int8_models_agree_with_their_f32_originals() -> anyhow::Result<()> {
     let names = pretrained_int8_names();
-    assert!(names.contains(&"lenet5") && names.contains(&"mobilenet_hdr"));
+    // Every model with shipped f32 weights has an int8 version.
+    let mut want = hdr_models::pretrained_names();
+    let mut have = names.clone();
+    want.sort_unstable();
+    have.sort_unstable();
+    assert_eq!(have, want);
     assert!(matches!(
         pretrained_int8("lenet6"),
         Err(CompressError::Model(
@@ -24,7 +29,7 @@ fn shipped_int8_models_agree_with_their_f32_originals() -> anyhow::Result<()> {
     for name in names {
         let q = pretrained_int8(name)?;
         let f = hdr_models::pretrained(name, &Device::Cpu)?;
-        let (mut same, mut right, mut n) = (0usize, 0usize, 0usize);
+        let (mut same, mut right, mut f_right, mut n) = (0usize, 0usize, 0usize, 0usize);
         for batch in test.batches(&BatchConfig::eval(250), 0, &Device::Cpu)? {
             let b = batch?;
             let qa = q.forward(&b.images)?.argmax(1)?.to_vec1::<u32>()?;
@@ -33,14 +38,16 @@ fn shipped_int8_models_agree_with_their_f32_originals() -> anyhow::Result<()> {
             for ((q, f), l) in qa.iter().zip(&fa).zip(&labels) {
                 same += usize::from(q == f);
                 right += usize::from(q == l);
+                f_right += usize::from(f == l);
                 n += 1;
             }
         }
-        let (agree, acc) = (same as f64 / n as f64, right as f64 / n as f64);
+        let agree = same as f64 / n as f64;
         assert!(agree >= 0.995, "{name}: int8 agrees with f32 on {agree}");
+        // Within 0.2 points (4 of these 2,000 digits) of the f32 model.
         assert!(
-            acc >= 0.99,
-            "{name}: int8 accuracy {acc} on {n} test digits"
+            right + 4 >= f_right,
+            "{name}: int8 right on {right}, f32 on {f_right} of {n} test digits"
         );
     }
     Ok(())

@@ -286,6 +286,13 @@ const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
 impl BatchNorm {
+    /// The per-channel `(scale, shift)` evaluation applies: `y = scale * x + shift`.
+    fn eval_affine(&self) -> Result<(Tensor, Tensor)> {
+        let scale = (&self.weight / (self.running_var.as_tensor() + BN_EPS)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok((scale, shift))
+    }
+
     pub fn forward_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
         let fused = act.and_then(Activation::fused);
         let y = if train {
@@ -306,8 +313,7 @@ impl BatchNorm {
             self.running_var.set(&rv)?;
             out.y
         } else {
-            let scale = (&self.weight / (self.running_var.as_tensor() + BN_EPS)?.sqrt()?)?;
-            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            let (scale, shift) = self.eval_affine()?;
             hdr_ops::channel_affine2d(x, &scale, &shift, fused.unwrap_or_default())?
         };
         match act {
@@ -323,6 +329,8 @@ pub(crate) struct ConvBn {
     conv: Conv,
     bn: BatchNorm,
     act: Option<Activation>,
+    /// Output elements per image (`c * h * w`).
+    out_per_image: usize,
 }
 
 impl ConvBn {
@@ -341,12 +349,43 @@ impl ConvBn {
             },
             vb.pp("conv"),
         )?;
+        let out_per_image = t.shape.iter().product();
         let bn = batch_norm(t, spec.out, vb.pp("bn"))?;
-        Ok(Self { conv, bn, act })
+        Ok(Self {
+            conv,
+            bn,
+            act,
+            out_per_image,
+        })
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train, self.act)
+        // In evaluation the batch norm is an affine map per channel, which folds into the
+        // convolution's weights and bias, saving a pass over the output. Folding costs a pass
+        // over the weights, so it is done only when the output is at least as large.
+        let out_elems = x.dim(0)? * self.out_per_image;
+        if train || out_elems < self.conv.weight.elem_count() {
+            return self.bn.forward_t(&self.conv.forward(x)?, train, self.act);
+        }
+        let (scale, shift) = self.bn.eval_affine()?;
+        let weight =
+            self.conv
+                .weight
+                .broadcast_mul(&scale.reshape((scale.elem_count(), 1, 1, 1))?)?;
+        let bias = match &self.conv.bias {
+            Some(b) => ((b * &scale)? + shift)?,
+            None => shift,
+        };
+        let fused = self.act.and_then(Activation::fused);
+        let cfg = Conv2dConfig {
+            activation: fused.unwrap_or_default(),
+            ..self.conv.cfg
+        };
+        let y = hdr_ops::conv2d(x, &weight, Some(&bias), &cfg)?;
+        match self.act {
+            Some(a) if fused.is_none() => a.apply(&y),
+            _ => Ok(y),
+        }
     }
 }
 
@@ -433,5 +472,56 @@ pub(crate) fn check_input(
             width: w,
             found: dims.to_vec(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+
+    /// A conv -> batch norm -> ReLU unit with non-trivial running statistics.
+    fn unit(spec: ConvSpec, input: &[usize]) -> Result<(ConvBn, VarMap)> {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let mut t = Tracer::new("test", input);
+        let unit = ConvBn::new(&mut t, spec, Some(Activation::Relu), vb)?;
+        let c = spec.out;
+        for (name, lo, hi) in [
+            ("bn.weight", 0.5, 1.5),
+            ("bn.bias", -0.5, 0.5),
+            ("bn.running_mean", -0.3, 0.3),
+            ("bn.running_var", 0.2, 2.0),
+        ] {
+            let value = Tensor::rand(lo as f32, hi as f32, c, &Device::Cpu)?;
+            vars.data().lock().expect("var map")[name].set(&value)?;
+        }
+        Ok((unit, vars))
+    }
+
+    #[test]
+    fn folded_evaluation_equals_batch_norm_after_the_convolution() -> Result<()> {
+        let depthwise = ConvSpec {
+            groups: 8,
+            ..ConvSpec::same(8, 3, 2)
+        };
+        for (spec, input) in [
+            (ConvSpec::same(6, 3, 1), [3usize, 9, 9]),
+            (depthwise, [8, 7, 7]),
+        ] {
+            let (unit, _vars) = unit(spec, &input)?;
+            // Large enough to fold, and batch 1 (not folded) as the reference path.
+            let x = Tensor::randn(0f32, 1.0, (16, input[0], input[1], input[2]), &Device::Cpu)?;
+            assert!(16 * unit.out_per_image >= unit.conv.weight.elem_count());
+            let folded = unit.forward_t(&x, false)?;
+            let reference = unit
+                .bn
+                .forward_t(&unit.conv.forward(&x)?, false, unit.act)?;
+            let diff = (folded - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "{spec:?}: max difference {diff}");
+        }
+        Ok(())
     }
 }

@@ -3,11 +3,12 @@
 use crate::depthwise::DepthwiseConv2d;
 use crate::error::{OpsError, Result};
 use crate::util::{
-    contiguous_cpu, cpu_f32, gemm_par_all, num_threads, sgemm, storage_f32, tensor_from,
-    valid_range, with_scratch, Mat,
+    contiguous_cpu, cpu_f32, gemm_par_all, num_threads, sgemm, sgemm_init, storage_f32,
+    tensor_from, valid_range, with_scratch, Mat,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Activation fused into a layer's output (applied after the bias).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -348,7 +349,13 @@ fn gather_cols(x: &[f32], g: &ConvGeom, cnt: usize, cols: &mut [f32]) {
 
 /// Writes the merged output `yb` `[c_out, cnt*n]` into the images `y` `[cnt, c_out, n]`, with
 /// bias and activation.
-fn scatter_out(yb: &[f32], y: &mut [f32], g: &ConvGeom, bias: &[f32], act: Activation) {
+fn scatter_out(
+    yb: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    g: &ConvGeom,
+    bias: &[f32],
+    act: Activation,
+) {
     let (n, out) = (g.n(), g.out_img());
     let gn = y.len() / out * n;
     for (i, y_img) in y.chunks_exact_mut(out).enumerate() {
@@ -357,12 +364,12 @@ fn scatter_out(yb: &[f32], y: &mut [f32], g: &ConvGeom, bias: &[f32], act: Activ
             match act {
                 Activation::None => {
                     for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = v + bv;
+                        d.write(v + bv);
                     }
                 }
                 Activation::Relu => {
                     for (d, &v) in dst.iter_mut().zip(src) {
-                        *d = (v + bv).max(0.0);
+                        d.write((v + bv).max(0.0));
                     }
                 }
             }
@@ -398,7 +405,7 @@ impl Conv2dGemm {
         x: &[f32],
         w: &[f32],
         bias: &[f32],
-        y: &mut [f32],
+        y: &mut [MaybeUninit<f32>],
         par: gemm::Parallelism,
     ) -> candle_core::Result<()> {
         let g = &self.g;
@@ -406,14 +413,7 @@ impl Conv2dGemm {
         let cnt = y.len() / g.out_img();
         if cnt == 1 && g.pointwise() {
             // The image already is the column matrix.
-            sgemm(
-                (g.c_out, n, k),
-                Mat::rows(w, k),
-                Mat::rows(x, n),
-                y,
-                false,
-                par,
-            )?;
+            let y = sgemm_init((g.c_out, n, k), Mat::rows(w, k), Mat::rows(x, n), y, par)?;
             epilogue(y, bias, n, self.act);
             return Ok(());
         }
@@ -422,14 +422,7 @@ impl Conv2dGemm {
         with_scratch(k * gn, yb_len, |cols, yb| {
             gather_cols(x, g, cnt, cols);
             if cnt == 1 {
-                sgemm(
-                    (g.c_out, n, k),
-                    Mat::rows(w, k),
-                    Mat::rows(cols, n),
-                    y,
-                    false,
-                    par,
-                )?;
+                let y = sgemm_init((g.c_out, n, k), Mat::rows(w, k), Mat::rows(cols, n), y, par)?;
                 epilogue(y, bias, n, self.act);
             } else {
                 sgemm(
@@ -682,14 +675,17 @@ impl CustomOp3 for Conv2dGemm {
                 self.name()
             )
         }
-        let mut y = vec![0f32; g.b * g.out_img()];
+        // Not zeroed: every group's gemm or scatter writes all of its output (an error leaves
+        // `y` unused).
+        let mut y: Vec<f32> = Vec::with_capacity(g.b * g.out_img());
+        let out = &mut y.spare_capacity_mut()[..g.b * g.out_img()];
         let threads = num_threads();
         let group = self.group_len();
         if g.b >= threads && threads > 1 {
             // Whole images (or groups of them) per task with single-threaded gemm: no
             // synchronisation inside a gemm, and each worker keeps its scratch hot.
             let per_task = group.min(g.b.div_ceil(threads));
-            y.par_chunks_mut(per_task * g.out_img())
+            out.par_chunks_mut(per_task * g.out_img())
                 .zip(x.par_chunks(per_task * g.in_img()))
                 .try_for_each(|(y_grp, x_grp)| {
                     self.fwd_images(x_grp, w, bias, y_grp, gemm::Parallelism::None)
@@ -697,13 +693,16 @@ impl CustomOp3 for Conv2dGemm {
         } else {
             // Small batches (inference): let gemm split each gemm across threads.
             let per_call = group.min(g.b).max(1);
-            for (y_grp, x_grp) in y
+            for (y_grp, x_grp) in out
                 .chunks_mut(per_call * g.out_img())
                 .zip(x.chunks(per_call * g.in_img()))
             {
                 self.fwd_images(x_grp, w, bias, y_grp, gemm_par_all())?;
             }
         }
+        // SAFETY: the chunks above partition `out`, and `fwd_images` succeeded on each, writing
+        // every element of its chunk.
+        unsafe { y.set_len(g.b * g.out_img()) };
         Ok((CpuStorage::F32(y), Shape::from_dims(&g.out_dims())))
     }
 

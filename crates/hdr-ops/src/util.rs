@@ -251,6 +251,53 @@ pub(crate) fn sgemm(
     Ok(())
 }
 
+/// [`sgemm`] with `accumulate == false` into a buffer that may be uninitialised: gemm never
+/// reads `c` then, and on success every element of `c[..m*n]` is written, which the returned
+/// slice certifies.
+pub(crate) fn sgemm_init<'c>(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<'_>,
+    b: Mat<'_>,
+    c: &'c mut [MaybeUninit<f32>],
+    par: gemm::Parallelism,
+) -> candle_core::Result<&'c mut [f32]> {
+    if c.len() < m * n || !a.fits(m, k) || !b.fits(k, n) {
+        bail!("hdr-ops internal error: gemm operand out of bounds (m={m} n={n} k={k})")
+    }
+    let c = &mut c[..m * n];
+    if m == 0 || n == 0 || k == 0 {
+        c.fill(MaybeUninit::new(0.0));
+    } else {
+        // SAFETY: as in `sgemm`: every index the kernel touches lies inside the slices, which
+        // cannot alias. With `read_dst == false` gemm only writes `c`, every element of it.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr().cast::<f32>(),
+                1,
+                n as isize,
+                false,
+                a.data.as_ptr(),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr(),
+                b.cs as isize,
+                b.rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+    // SAFETY: every element of `c` was written above.
+    Ok(unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) })
+}
+
 /// The contiguous `f32` slice behind a CPU storage, or an error for other dtypes / strides.
 pub(crate) fn cpu_f32<'a>(
     s: &'a CpuStorage,
