@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use crate::error::{CompressError, Result};
+use crate::quant::QuantParams as Params;
 
 /// Largest reduction length: `K * 255 * 127` must fit in an i32 accumulator.
 pub const MAX_K: usize = 65_536;
@@ -60,12 +61,20 @@ impl Isa {
 const NB: usize = 16;
 
 /// Int8 weights `[n][k]` laid out for the matrix product.
+///
+/// Weights packed by [`PackedWeights::conv`] keep a convolution's window rows apart: each row of
+/// `kernel * in_channels` codes is zero padded to a multiple of 4, so that [`conv2d`] can read
+/// the activations of a window row in place (an NHWC image row is contiguous) instead of
+/// copying every patch out first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedWeights {
     n: usize,
     k: usize,
-    /// `k` rounded up to a multiple of 4 (one `vpdpbusd` group).
+    /// Codes per row as stored: `taps` runs of `kp / taps` (a multiple of 4) codes.
     kp: usize,
+    /// Runs the reduction is split into: 1 for a plain matrix, the kernel height for weights
+    /// packed for a convolution.
+    taps: usize,
     /// `[n][kp]`, zero padded: the portable path.
     rows: Vec<i8>,
     /// `[n / 16][kp / 4][16][4]`, zero padded: one 64-byte vector per group of 4 k's.
@@ -84,28 +93,65 @@ impl PackedWeights {
                 reason: "need n, k >= 1, k <= 65536 and n * k codes",
             });
         }
-        let kp = k.div_ceil(4) * 4;
+        Ok(Self::pack(w, n, k, 1))
+    }
+
+    /// Packs convolution weights `[n][ky][kx][in_channels]` for [`conv2d`]: `n` rows of
+    /// `kernel * kernel * in_channels` codes, each window row padded to a multiple of 4.
+    pub fn conv(w: &[i8], n: usize, kernel: usize, in_channels: usize) -> Result<Self> {
+        let k = kernel * kernel * in_channels;
+        if n == 0 || k == 0 || k > MAX_K || w.len() != n * k {
+            return Err(CompressError::InvalidConfig {
+                name: "convolution weights",
+                value: format!(
+                    "{} codes as {n} filters of {kernel} x {kernel} x {in_channels}",
+                    w.len()
+                ),
+                reason: "need n, kernel, channels >= 1, k <= 65536 and n * k codes",
+            });
+        }
+        Ok(Self::pack(w, n, k, kernel))
+    }
+
+    /// `w` (`n` rows of `k` codes) split into `taps` runs per row, each padded to a multiple
+    /// of 4; `taps` divides `k`.
+    fn pack(w: &[i8], n: usize, k: usize, taps: usize) -> Self {
+        let run = k / taps;
+        let run4 = run.div_ceil(4) * 4;
+        let kp = taps * run4;
         let nblocks = n.div_ceil(NB);
         let mut rows = vec![0i8; n * kp];
         let mut blocks = vec![0i8; nblocks * NB * kp];
         let mut sums = vec![0i32; n];
         for j in 0..n {
             let src = &w[j * k..(j + 1) * k];
-            rows[j * kp..j * kp + k].copy_from_slice(src);
             sums[j] = src.iter().map(|&v| v as i32).sum();
+            for (t, part) in src.chunks(run).enumerate() {
+                rows[j * kp + t * run4..][..run].copy_from_slice(part);
+            }
             let (b, lane) = (j / NB, j % NB);
-            for (kk, &v) in src.iter().enumerate() {
+            for (kk, &v) in rows[j * kp..(j + 1) * kp].iter().enumerate() {
                 blocks[b * NB * kp + (kk / 4) * NB * 4 + lane * 4 + kk % 4] = v;
             }
         }
-        Ok(Self {
+        Self {
             n,
             k,
             kp,
+            taps,
             rows,
             blocks,
             sums,
-        })
+        }
+    }
+
+    /// The codes `[n][k]` as given to the constructor.
+    fn codes(&self) -> Vec<i8> {
+        let (run, run4) = (self.k / self.taps, self.kp / self.taps);
+        self.rows
+            .chunks(run4)
+            .flat_map(|r| r[..run].iter().copied())
+            .collect()
     }
 
     /// Output channels.
@@ -118,7 +164,8 @@ impl PackedWeights {
         self.k
     }
 
-    /// Reduction length padded to a multiple of 4: the row stride activations must have.
+    /// Reduction length padded to a multiple of 4: the row stride activations must have
+    /// (for [`gemm_u8i8`], which takes weights from [`PackedWeights::new`] only).
     pub fn padded_k(&self) -> usize {
         self.kp
     }
@@ -132,7 +179,7 @@ impl PackedWeights {
 /// `out[r][j] = sum_k a[r * lda + k] * w[j][k]` for `m` rows, exactly, in i32.
 ///
 /// `a` rows are `lda >= w.padded_k()` bytes apart and must be zero (or anything, times zero
-/// weights) beyond `k`; `out` is `m * w.n()`.
+/// weights) beyond `k`; `out` is `m * w.n()`. `w` comes from [`PackedWeights::new`].
 pub fn gemm_u8i8(
     isa: Isa,
     a: &[u8],
@@ -141,17 +188,32 @@ pub fn gemm_u8i8(
     w: &PackedWeights,
     out: &mut [i32],
 ) -> Result<()> {
+    gemm_u8i8_on(isa, a, m, lda, w, Threads::Pool, out)
+}
+
+/// [`gemm_u8i8`] on the given threads.
+pub(crate) fn gemm_u8i8_on(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    lda: usize,
+    w: &PackedWeights,
+    threads: Threads,
+    out: &mut [i32],
+) -> Result<()> {
     let n = w.n;
-    if lda < w.kp || a.len() < m.saturating_sub(1) * lda + w.kp || out.len() != m * n {
+    if w.taps != 1 || lda < w.kp || a.len() < m.saturating_sub(1) * lda + w.kp || out.len() != m * n
+    {
         return Err(CompressError::InvalidConfig {
             name: "gemm",
             value: format!(
-                "m {m}, lda {lda}, kp {}, a {}, out {}",
+                "m {m}, lda {lda}, kp {}, taps {}, a {}, out {}",
                 w.kp,
+                w.taps,
                 a.len(),
                 out.len()
             ),
-            reason: "buffers do not match the shapes",
+            reason: "buffers do not match the shapes (or the weights are packed for a convolution)",
         });
     }
     if m == 0 {
@@ -160,47 +222,170 @@ pub fn gemm_u8i8(
     let isa = if isa.available() { isa } else { Isa::Portable };
     // Split rows across threads when there is enough work to amortise the fork.
     let work = m * w.kp * n;
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = if work >= (1 << 21) && m >= 8 {
-        m.div_ceil(threads * 4).max(4)
+    let chunk = if threads == Threads::Pool && work >= (1 << 21) && m >= 8 {
+        m.div_ceil(rayon::current_num_threads().max(1) * 4).max(4)
     } else {
         m
     };
     if chunk >= m {
         // One chunk: stay on this thread (handing work to the pool costs a wake-up).
-        gemm_rows(isa, a, m, lda, w, out);
-        return Ok(());
+        return gemm_at(isa, a, m, Rows::Strided(lda), 0, 1, w, out);
     }
     out.par_chunks_mut(chunk * n)
         .enumerate()
-        .for_each(|(c, o)| {
+        .try_for_each(|(c, o)| {
             let r0 = c * chunk;
-            let rows = o.len() / n;
-            gemm_rows(isa, &a[r0 * lda..], rows, lda, w, o);
-        });
-    Ok(())
+            gemm_at(
+                isa,
+                &a[r0 * lda..],
+                o.len() / n,
+                Rows::Strided(lda),
+                0,
+                1,
+                w,
+                o,
+            )
+        })
 }
 
-fn gemm_rows(isa: Isa, a: &[u8], m: usize, lda: usize, w: &PackedWeights, out: &mut [i32]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` confirmed the CPU features; `gemm_u8i8` checked that `a` holds
-        // `m` rows of `lda >= kp` bytes and `out` holds `m * n` values.
-        Isa::Avx512Vnni => unsafe { x86::gemm_avx512(a, m, lda, w, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX-VNNI.
-        Isa::AvxVnni => unsafe { x86::gemm_avx256(a, m, lda, w, out) },
-        _ => gemm_portable(a, m, lda, w, out),
+/// Start offsets of a product's rows, with their maximum, so that bounds are checked once
+/// per product rather than once per row.
+#[derive(Debug, Clone)]
+struct RowTable {
+    offsets: Vec<usize>,
+    max: usize,
+}
+
+impl RowTable {
+    fn new(offsets: Vec<usize>) -> Self {
+        let max = offsets.iter().copied().max().unwrap_or(0);
+        Self { offsets, max }
     }
 }
 
-fn gemm_portable(a: &[u8], m: usize, lda: usize, w: &PackedWeights, out: &mut [i32]) {
-    let (n, kp) = (w.n, w.kp);
-    for r in 0..m {
-        let row = &a[r * lda..r * lda + kp];
-        for j in 0..n {
-            let wr = &w.rows[j * kp..(j + 1) * kp];
-            out[r * n + j] = row.iter().zip(wr).map(|(&x, &y)| x as i32 * y as i32).sum();
+/// Where the rows of a product start in its activations.
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    /// Row `r` at `r * stride`.
+    Strided(usize),
+    /// Row `r` at `base + table[r]`.
+    Table(&'a RowTable, usize),
+}
+
+impl Rows<'_> {
+    #[inline(always)]
+    fn at(self, r: usize) -> usize {
+        match self {
+            Self::Strided(stride) => r * stride,
+            Self::Table(t, base) => base + t.offsets[r],
+        }
+    }
+
+    /// The largest start among rows `..m` (at most), or `None` when there are no such rows.
+    fn last(self, m: usize) -> Option<usize> {
+        match self {
+            Self::Strided(stride) => m.checked_sub(1)?.checked_mul(stride),
+            Self::Table(t, base) if m <= t.offsets.len() => base.checked_add(t.max),
+            Self::Table(..) => None,
+        }
+    }
+}
+
+/// The matrix product on activations read in place, with an optional max over groups of
+/// rows: row `r`'s codes for window row `t` are the `w.padded_k() / taps` bytes at
+/// `a[rows.at(r) + t * tap_stride..]` (for a plain matrix, one run at `rows.at(r)`), and
+/// output row `p` is the element-wise maximum of product rows `p * group..(p + 1) * group`
+/// (a fused max pool when the rows of a group are the pixels of a pooling window). Bounds are
+/// checked here, once, for the SIMD kernels.
+#[allow(clippy::too_many_arguments)]
+fn gemm_at(
+    isa: Isa,
+    a: &[u8],
+    m: usize,
+    rows: Rows<'_>,
+    tap_stride: usize,
+    group: usize,
+    w: &PackedWeights,
+    out: &mut [i32],
+) -> Result<()> {
+    // Bytes from a row's start to the end of its last run.
+    let span = (w.taps - 1)
+        .checked_mul(tap_stride)
+        .and_then(|s| s.checked_add(w.kp / w.taps));
+    let fits = m == 0
+        || rows
+            .last(m)
+            .zip(span)
+            .and_then(|(l, s)| l.checked_add(s))
+            .is_some_and(|e| e <= a.len());
+    if !fits || group == 0 || !m.is_multiple_of(group) || out.len() != m / group * w.n {
+        return Err(CompressError::InvalidConfig {
+            name: "gemm",
+            value: format!(
+                "{m} rows of span {span:?} in {} bytes, groups of {group}",
+                a.len()
+            ),
+            reason: "activation rows reach beyond the buffer, or the output does not match",
+        });
+    }
+    if m == 0 {
+        return Ok(());
+    }
+    let geo = Geometry {
+        taps: w.taps,
+        tap_stride,
+        groups: w.kp / w.taps / 4,
+        rows: group,
+    };
+    let row = move |r: usize| rows.at(r);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller picked an available `isa`; every row's runs lie inside `a`
+        // (checked above) and `out` holds `m / group * n` values.
+        Isa::Avx512Vnni => unsafe { x86::gemm_avx512(a, m, row, geo, w, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX-VNNI.
+        Isa::AvxVnni => unsafe { x86::gemm_avx256(a, m, row, geo, w, out) },
+        _ => gemm_portable(a, m, row, geo, w, out),
+    }
+    Ok(())
+}
+
+/// Where a row's codes are, beyond its start: `taps` runs of `groups` 4-byte groups,
+/// `tap_stride` bytes apart; and how many consecutive rows one output row is the maximum of.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    taps: usize,
+    tap_stride: usize,
+    groups: usize,
+    rows: usize,
+}
+
+fn gemm_portable<F: Fn(usize) -> usize>(
+    a: &[u8],
+    m: usize,
+    row: F,
+    g: Geometry,
+    w: &PackedWeights,
+    out: &mut [i32],
+) {
+    let (n, kp, run) = (w.n, w.kp, 4 * g.groups);
+    for (p, o) in out.chunks_mut(n).enumerate().take(m / g.rows) {
+        o.fill(i32::MIN);
+        for r in p * g.rows..(p + 1) * g.rows {
+            let base = row(r);
+            for (y, wr) in o.iter_mut().zip(w.rows.chunks(kp)) {
+                let mut s = 0i32;
+                for (t, wt) in wr.chunks(run).enumerate() {
+                    let x = &a[base + t * g.tap_stride..][..run];
+                    s += x
+                        .iter()
+                        .zip(wt)
+                        .map(|(&x, &y)| x as i32 * y as i32)
+                        .sum::<i32>();
+                }
+                *y = (*y).max(s);
+            }
         }
     }
 }
@@ -209,7 +394,10 @@ fn gemm_portable(a: &[u8], m: usize, lda: usize, w: &PackedWeights, out: &mut [i
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{depthwise_row, requant_tiles, DwRow, PackedWeights, RequantTile, NB};
+    use super::{
+        depthwise_row, quantize_loop, requant_tiles, DwRow, Geometry, PackedWeights, Params,
+        RequantTile, NB,
+    };
 
     /// # Safety
     /// The CPU must have AVX-512F, DQ, BW and VL.
@@ -225,66 +413,197 @@ mod x86 {
         depthwise_row(r, oy, acc)
     }
 
-    /// Writes 16 lanes (or the first `valid`) to `dst`.
-    #[inline(always)]
-    fn put(dst: &mut [i32], lanes: [i32; NB], valid: usize) {
-        dst[..valid].copy_from_slice(&lanes[..valid]);
+    /// # Safety
+    /// The CPU must have AVX-512F, DQ, BW and VL.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_avx512(x: &[f32], p: Params, out: &mut [u8]) {
+        quantize_loop(x, p, out)
+    }
+
+    /// The accumulators of `R` rows (starting at byte offsets `rows` of `a`) times one block
+    /// of 16 output channels.
+    ///
+    /// # Safety
+    /// AVX-512F and VNNI; every run of every row inside `a`; `bp` the block's
+    /// `taps * groups` 64-byte vectors.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[inline]
+    unsafe fn tile512<const R: usize>(
+        a: *const u8,
+        rows: [usize; R],
+        g: Geometry,
+        bp: *const i8,
+    ) -> [__m512i; R] {
+        let mut acc = [_mm512_setzero_si512(); R];
+        let mut wq = bp;
+        for t in 0..g.taps {
+            // SAFETY: the caller's contract covers every pointer formed here.
+            unsafe {
+                let mut p = rows.map(|o| a.add(o + t * g.tap_stride));
+                for _ in 0..g.groups {
+                    // All rows of the tile share each weight vector load.
+                    let wv = _mm512_loadu_si512(wq as *const _);
+                    for (acc, p) in acc.iter_mut().zip(p.iter_mut()) {
+                        let x = (*p as *const i32).read_unaligned();
+                        *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(x), wv);
+                        *p = p.add(4);
+                    }
+                    wq = wq.add(64);
+                }
+            }
+        }
+        acc
+    }
+
+    /// Output rows under construction: the running maximum of a group of product rows.
+    struct Reduce512 {
+        out: *mut i32,
+        n: usize,
+        mask: __mmask16,
+        rows: usize,
+        seen: usize,
+        max: __m512i,
+    }
+
+    impl Reduce512 {
+        /// Folds the next product rows in, storing each finished output row.
+        ///
+        /// # Safety
+        /// AVX-512F; `out` has room for every output row these product rows finish.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn push(&mut self, acc: &[__m512i]) {
+            for &v in acc {
+                self.max = _mm512_max_epi32(self.max, v);
+                self.seen += 1;
+                if self.seen == self.rows {
+                    // SAFETY: the caller's contract; the mask selects the valid lanes.
+                    unsafe { _mm512_mask_storeu_epi32(self.out, self.mask, self.max) };
+                    // Past the last output row this points beyond `out`, never dereferenced.
+                    self.out = self.out.wrapping_add(self.n);
+                    self.seen = 0;
+                    self.max = _mm512_set1_epi32(i32::MIN);
+                }
+            }
+        }
     }
 
     /// # Safety
-    /// The CPU must have AVX-512F and AVX-512 VNNI; `a` must hold `m` rows of `lda >= kp`
-    /// bytes (the last row at least `kp`), `out` `m * w.n` values.
+    /// The CPU must have AVX-512F and AVX-512 VNNI; `row(r) + (taps - 1) * tap_stride +
+    /// 4 * groups <= a.len()` for every `r < m`; `m` a multiple of `g.rows`; `out` holds
+    /// `m / g.rows * w.n` values.
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) unsafe fn gemm_avx512(
+    pub(super) unsafe fn gemm_avx512<F: Fn(usize) -> usize>(
         a: &[u8],
         m: usize,
-        lda: usize,
+        row: F,
+        g: Geometry,
         w: &PackedWeights,
         out: &mut [i32],
     ) {
         let (n, kp) = (w.n, w.kp);
-        let groups = kp / 4;
         let ap = a.as_ptr();
         for b in 0..n.div_ceil(NB) {
             let bp = w.blocks[b * NB * kp..].as_ptr();
             let valid = (n - b * NB).min(NB);
-            let mask: __mmask16 = if valid == NB { !0 } else { (1 << valid) - 1 };
+            let mut red = Reduce512 {
+                out: out[b * NB..].as_mut_ptr(),
+                n,
+                mask: if valid == NB { !0 } else { (1 << valid) - 1 },
+                rows: g.rows,
+                seen: 0,
+                max: _mm512_set1_epi32(i32::MIN),
+            };
             let mut r = 0;
-            // Four rows share each weight vector load.
-            while r + 4 <= m {
-                let mut acc = [_mm512_setzero_si512(); 4];
-                for g in 0..groups {
-                    // SAFETY: group g of block b lies inside `blocks` (nblocks * 16 * kp bytes);
-                    // byte 4g..4g+4 of rows r..r+4 lies inside `a` (checked by the caller).
-                    unsafe {
-                        let wv = _mm512_loadu_si512(bp.add(g * 64) as *const _);
-                        for (i, acc) in acc.iter_mut().enumerate() {
-                            let x = (ap.add((r + i) * lda + 4 * g) as *const i32).read_unaligned();
-                            *acc = _mm512_dpbusd_epi32(*acc, _mm512_set1_epi32(x), wv);
-                        }
-                    }
-                }
-                for (i, acc) in acc.iter().enumerate() {
-                    let dst = &mut out[(r + i) * n + b * NB..][..valid];
-                    // SAFETY: the mask selects the `valid` lanes, which `dst` holds.
-                    unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr(), mask, *acc) };
-                }
+            // SAFETY (all three loops): rows r.. lie inside `a` (the contract), block b has
+            // kp / 4 vectors, and the output rows they finish lie inside `out`, whose lanes
+            // b*16.. hold `valid` channels.
+            while r + 8 <= m {
+                let rows = std::array::from_fn(|i| row(r + i));
+                unsafe { red.push(&tile512::<8>(ap, rows, g, bp)) };
+                r += 8;
+            }
+            if r + 4 <= m {
+                let rows = std::array::from_fn(|i| row(r + i));
+                unsafe { red.push(&tile512::<4>(ap, rows, g, bp)) };
                 r += 4;
             }
             while r < m {
-                let mut acc = _mm512_setzero_si512();
-                for g in 0..groups {
-                    // SAFETY: as above, for one row.
-                    unsafe {
-                        let wv = _mm512_loadu_si512(bp.add(g * 64) as *const _);
-                        let x = (ap.add(r * lda + 4 * g) as *const i32).read_unaligned();
-                        acc = _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(x), wv);
-                    }
-                }
-                let dst = &mut out[r * n + b * NB..][..valid];
-                // SAFETY: the mask selects the `valid` lanes, which `dst` holds.
-                unsafe { _mm512_mask_storeu_epi32(dst.as_mut_ptr(), mask, acc) };
+                unsafe { red.push(&tile512::<1>(ap, [row(r)], g, bp)) };
                 r += 1;
+            }
+        }
+    }
+
+    /// As [`tile512`] with two 8-lane halves per block.
+    ///
+    /// # Safety
+    /// AVX2 and AVX-VNNI; otherwise as [`tile512`].
+    #[target_feature(enable = "avx2,avxvnni")]
+    #[inline]
+    unsafe fn tile256<const R: usize>(
+        a: *const u8,
+        rows: [usize; R],
+        g: Geometry,
+        bp: *const i8,
+    ) -> [[__m256i; 2]; R] {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let mut wq = bp;
+        for t in 0..g.taps {
+            // SAFETY: the caller's contract covers every pointer formed here.
+            unsafe {
+                let mut p = rows.map(|o| a.add(o + t * g.tap_stride));
+                for _ in 0..g.groups {
+                    let lo = _mm256_loadu_si256(wq as *const _);
+                    let hi = _mm256_loadu_si256(wq.add(32) as *const _);
+                    for (acc, p) in acc.iter_mut().zip(p.iter_mut()) {
+                        let x = _mm256_set1_epi32((*p as *const i32).read_unaligned());
+                        acc[0] = _mm256_dpbusd_avx_epi32(acc[0], x, lo);
+                        acc[1] = _mm256_dpbusd_avx_epi32(acc[1], x, hi);
+                        *p = p.add(4);
+                    }
+                    wq = wq.add(64);
+                }
+            }
+        }
+        acc
+    }
+
+    /// [`Reduce512`] for two 8-lane halves, storing the first `valid` lanes.
+    struct Reduce256 {
+        out: *mut i32,
+        n: usize,
+        valid: usize,
+        rows: usize,
+        seen: usize,
+        max: [__m256i; 2],
+    }
+
+    impl Reduce256 {
+        /// # Safety
+        /// AVX2; `out` has room for every output row these product rows finish.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn push(&mut self, acc: &[[__m256i; 2]]) {
+            for v in acc {
+                self.max = [
+                    _mm256_max_epi32(self.max[0], v[0]),
+                    _mm256_max_epi32(self.max[1], v[1]),
+                ];
+                self.seen += 1;
+                if self.seen == self.rows {
+                    let mut lanes = [0i32; NB];
+                    // SAFETY: `lanes` is 64 bytes: two 32-byte stores; then the caller's
+                    // contract for `valid` values at `out`.
+                    unsafe {
+                        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, self.max[0]);
+                        _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut _, self.max[1]);
+                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), self.out, self.valid);
+                    }
+                    self.out = self.out.wrapping_add(self.n);
+                    self.seen = 0;
+                    self.max = [_mm256_set1_epi32(i32::MIN); 2];
+                }
             }
         }
     }
@@ -292,49 +611,76 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX2 and AVX-VNNI; buffers as for [`gemm_avx512`].
     #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn gemm_avx256(
+    pub(super) unsafe fn gemm_avx256<F: Fn(usize) -> usize>(
         a: &[u8],
         m: usize,
-        lda: usize,
+        row: F,
+        g: Geometry,
         w: &PackedWeights,
         out: &mut [i32],
     ) {
         let (n, kp) = (w.n, w.kp);
-        let groups = kp / 4;
         let ap = a.as_ptr();
         for b in 0..n.div_ceil(NB) {
             let bp = w.blocks[b * NB * kp..].as_ptr();
-            let valid = (n - b * NB).min(NB);
+            let mut red = Reduce256 {
+                out: out[b * NB..].as_mut_ptr(),
+                n,
+                valid: (n - b * NB).min(NB),
+                rows: g.rows,
+                seen: 0,
+                max: [_mm256_set1_epi32(i32::MIN); 2],
+            };
             let mut r = 0;
+            // SAFETY: as in `gemm_avx512`.
+            while r + 4 <= m {
+                let rows = std::array::from_fn(|i| row(r + i));
+                unsafe { red.push(&tile256::<4>(ap, rows, g, bp)) };
+                r += 4;
+            }
             while r < m {
-                let rows = (m - r).min(4);
-                // [row][half]: a 16-channel block is two 8-lane halves.
-                let mut acc = [[_mm256_setzero_si256(); 2]; 4];
-                for g in 0..groups {
-                    // SAFETY: as in `gemm_avx512`; each 64-byte group is two 32-byte halves.
-                    unsafe {
-                        let lo = _mm256_loadu_si256(bp.add(g * 64) as *const _);
-                        let hi = _mm256_loadu_si256(bp.add(g * 64 + 32) as *const _);
-                        for (i, acc) in acc.iter_mut().enumerate().take(rows) {
-                            let x = (ap.add((r + i) * lda + 4 * g) as *const i32).read_unaligned();
-                            let x = _mm256_set1_epi32(x);
-                            acc[0] = _mm256_dpbusd_avx_epi32(acc[0], x, lo);
-                            acc[1] = _mm256_dpbusd_avx_epi32(acc[1], x, hi);
-                        }
-                    }
-                }
-                for (i, acc) in acc.iter().enumerate().take(rows) {
-                    let mut lanes = [0i32; NB];
-                    // SAFETY: `lanes` is 64 bytes: two 32-byte stores.
-                    unsafe {
-                        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, acc[0]);
-                        _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut _, acc[1]);
-                    }
-                    put(&mut out[(r + i) * n + b * NB..], lanes, valid);
-                }
-                r += rows;
+                unsafe { red.push(&tile256::<1>(ap, [row(r)], g, bp)) };
+                r += 1;
             }
         }
+    }
+}
+
+/// Quantizes f32 values to u8 codes: [`Params::quantize_u8`] of every value.
+pub(crate) fn quantize_u8_into(x: &[f32], p: Params, out: &mut Vec<u8>) {
+    out.clear();
+    if wide_simd() {
+        out.resize(x.len(), 0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `wide_simd` confirmed AVX-512F/DQ/BW/VL.
+        unsafe {
+            x86::quantize_avx512(x, p, out)
+        };
+        #[cfg(target_arch = "x86_64")]
+        return;
+    }
+    out.extend(x.iter().map(|&v| p.quantize_u8(v)));
+}
+
+/// [`Params::quantize_u8`] without float-to-integer casts, whose saturation does not
+/// vectorise: same division, same rounding of `|v| < 2^23` (trunc of `v +- 0.5`); larger
+/// magnitudes and infinities clamp to the same end (0 or 255), NaN gives 0 as the cast does,
+/// and the clamped integer in `[0, 255]` is read from the low mantissa bits of `y + 2^23`.
+#[inline(always)]
+fn quantize_code(x: f32, scale: f32, zero: f32) -> u8 {
+    let v = x / scale;
+    let y = (v + 0.5f32.copysign(v)).trunc() + zero;
+    let y = if y >= 0.0 { y.min(255.0) } else { 0.0 };
+    ((y + 8_388_608.0).to_bits() & 0xff) as u8
+}
+
+/// The quantization loop, inlined into ISA-specific wrappers so that the compiler vectorises
+/// it (`trunc` is one instruction there, a library call on baseline x86-64).
+#[inline(always)]
+fn quantize_loop(x: &[f32], p: Params, out: &mut [u8]) {
+    let zero = p.zero_point as f32;
+    for (y, &v) in out.iter_mut().zip(x) {
+        *y = quantize_code(v, p.scale, zero);
     }
 }
 
@@ -454,9 +800,12 @@ impl RequantTile {
         let reps = 64usize.div_ceil(n).max(1);
         let tile =
             |f: &dyn Fn(usize) -> i64| -> Vec<i64> { (0..reps * n).map(|t| f(t % n)).collect() };
+        // The mantissa is below 2^31 (see `Requant::new`), the bias an i32.
+        let tile32 =
+            |f: &dyn Fn(usize) -> i32| -> Vec<i32> { (0..reps * n).map(|t| f(t % n)).collect() };
         Self {
-            bias: tile(&|j| stage.bias[j] as i64),
-            mantissa: tile(&|j| stage.requant[j].mantissa),
+            bias: tile32(&|j| stage.bias[j]),
+            mantissa: tile32(&|j| stage.requant[j].mantissa as i32),
             half: tile(&|j| 1i64 << (stage.requant[j].shift - 1)),
             shift: tile(&|j| stage.requant[j].shift as i64),
             zero: stage.zero_point as i64,
@@ -497,8 +846,8 @@ fn wide_simd() -> bool {
 
 /// Per-channel requantization parameters tiled to a run length.
 pub(crate) struct RequantTile {
-    bias: Vec<i64>,
-    mantissa: Vec<i64>,
+    bias: Vec<i32>,
+    mantissa: Vec<i32>,
     half: Vec<i64>,
     shift: Vec<i64>,
     zero: i64,
@@ -512,20 +861,32 @@ pub(crate) struct RequantTile {
 #[inline(always)]
 fn requant_tiles(acc: &[i32], out: &mut [u8], t: &RequantTile) {
     for (a, o) in acc.chunks(t.len).zip(out.chunks_mut(t.len)) {
-        for (((((&x, y), &b), &m), &h), &s) in a
-            .iter()
-            .zip(o.iter_mut())
-            .zip(&t.bias)
-            .zip(&t.mantissa)
-            .zip(&t.half)
-            .zip(&t.shift)
-        {
-            // `Requant::apply` written branch-free: round half away from zero.
-            let v = (x as i64 + b) * m;
-            let sign = v >> 63;
-            let mag = ((v ^ sign) - sign) as u64;
-            let r = ((((mag + h as u64) >> s as u64) as i64) ^ sign) - sign;
-            *y = (r + t.zero).clamp(t.min, t.max) as u8;
+        let params = t.bias.iter().zip(&t.mantissa).zip(&t.half).zip(&t.shift);
+        // Accumulator plus bias in an i32 makes the product one 32 x 32 -> 64-bit multiply;
+        // a run where some sum leaves the i32 range takes the 64-bit sum. (A sum overflows
+        // when its sign differs from both operands' signs; written so that it vectorises.)
+        let wide = a.iter().zip(&t.bias).fold(0i32, |w, (&x, &b)| {
+            let s = x.wrapping_add(b);
+            w | ((x ^ s) & (b ^ s))
+        }) < 0;
+        if wide {
+            for ((&x, y), (((&b, &m), &h), &s)) in a.iter().zip(o.iter_mut()).zip(params) {
+                // `Requant::apply` written branch-free: round half away from zero.
+                let v = (x as i64 + b as i64) * m as i64;
+                let sign = v >> 63;
+                let mag = ((v ^ sign) - sign) as u64;
+                let r = ((((mag + h as u64) >> s as u64) as i64) ^ sign) - sign;
+                *y = (r + t.zero).clamp(t.min, t.max) as u8;
+            }
+        } else {
+            for ((&x, y), (((&b, &m), &h), &s)) in a.iter().zip(o.iter_mut()).zip(params) {
+                // |p| < 2^62. Rounding half away from zero is `(p + h) >> s` for p >= 0 and
+                // `-((-p + h) >> s)` below, which equals `(p + h - 1) >> s` (arithmetic
+                // shift: floor) because 2^s - h = h.
+                let p = x.wrapping_add(b) as i64 * m as i64;
+                let r = (p + h + (p >> 63)) >> s;
+                *y = (r + t.zero).clamp(t.min, t.max) as u8;
+            }
         }
     }
 }
@@ -661,19 +1022,34 @@ fn im2col_images(
     }
 }
 
-/// Images per parallel task and per cache block of a layer whose image produces `rows`
-/// rows of `bytes` bytes: blocks stay within ~64 KiB (below the allocator's mmap threshold,
-/// in L2), tasks spread the batch over the pool's threads.
-fn split_batch(batch: usize, rows: usize, bytes: usize) -> (usize, usize) {
-    let block = ((1usize << 16) / (rows * bytes).max(1)).clamp(1, batch.max(1));
-    let threads = rayon::current_num_threads().max(1);
-    let task = batch.div_ceil(threads).max(block);
-    (task, block)
+/// Whether a kernel may spread a batch over rayon's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// Split the batch into tasks for the pool.
+    Pool,
+    /// Run on the calling thread (the caller parallelises at a coarser grain).
+    Caller,
+}
+
+/// Images per parallel task: a few tasks per thread, so that work stealing evens out threads
+/// slowed down by other processes, and at least `min`; the whole batch for
+/// [`Threads::Caller`].
+fn images_per_task(batch: usize, threads: Threads, min: usize) -> usize {
+    match threads {
+        Threads::Caller => batch.max(1),
+        Threads::Pool => batch
+            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .max(min)
+            .max(1),
+    }
 }
 
 /// Dense convolution of NHWC u8 `x` (zero point `x_zero`) with weights packed from
 /// `[out][ky][kx][in]`, into NHWC u8 `out`. `stage.bias` must already hold
 /// `bias - x_zero * row_sum` (see [`PackedWeights::row_sums`]): padding is `x_zero`.
+///
+/// Weights from [`PackedWeights::conv`] are used as they are; weights from
+/// [`PackedWeights::new`] are repacked on every call.
 pub fn conv2d(
     isa: Isa,
     x: &[u8],
@@ -683,9 +1059,36 @@ pub fn conv2d(
     stage: &OutputStage,
     out: &mut Vec<u8>,
 ) -> Result<()> {
+    conv2d_pooled(isa, x, x_zero, s, w, stage, None, Threads::Pool, out).map(|_| ())
+}
+
+/// [`conv2d`], optionally followed by max pooling of its output (`(kernel, stride)`, no
+/// padding); returns the output's height and width.
+///
+/// The pooling is fused: it takes the window maximum of the accumulators, before
+/// requantization. That is exact, because requantization is non-decreasing in the accumulator
+/// (one bias and one positive multiplier per channel), and it requantizes a quarter of the
+/// values for 2x2 pooling.
+///
+/// The product reads its activations in place (an implicit im2col): each output pixel's
+/// window is `kernel` runs of `kernel * in_channels` contiguous bytes of a padded image, which
+/// [`PackedWeights::conv`] lays out the weights for.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_pooled(
+    isa: Isa,
+    x: &[u8],
+    x_zero: u8,
+    s: &ConvShape,
+    w: &PackedWeights,
+    stage: &OutputStage,
+    pool: Option<(usize, usize)>,
+    threads: Threads,
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize)> {
     s.check_input(x)?;
     let (oh, ow) = s.output()?;
-    if w.n != s.out_channels || w.k != s.kernel * s.kernel * s.in_channels {
+    let (c, k) = (s.in_channels, s.kernel);
+    if w.n != s.out_channels || w.k != k * k * c {
         return Err(CompressError::InvalidConfig {
             name: "convolution weights",
             value: format!("{} x {}", w.n, w.k),
@@ -693,48 +1096,96 @@ pub fn conv2d(
         });
     }
     stage.check(w.n)?;
+    let n = w.n;
+    let (ph, pw) = match pool {
+        Some((pk, ps)) => pool_out((1, oh, ow, n), pk, ps)?,
+        None => (oh, ow),
+    };
     let isa = if isa.available() { isa } else { Isa::Portable };
-    let (n, kp, rows) = (w.n, w.kp, oh * ow);
-    let direct = s.kernel == 1 && s.stride == 1 && s.padding == 0 && w.k == w.kp;
+    let run4 = (k * c).div_ceil(4) * 4;
+    let repacked;
+    let w = if w.taps == k && w.kp == k * run4 {
+        w
+    } else {
+        repacked = PackedWeights::conv(&w.codes(), n, k, c)?;
+        &repacked
+    };
+    let (hp, wp) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
+    let (image_in, image_pad, image_out) = (s.height * s.width * c, hp * wp * c, ph * pw * n);
+    // Product rows are the pixels of each pooling window in turn (without pooling, a 1x1
+    // window), so that the product takes the window maximum in registers; conv pixels that
+    // no window covers are never computed.
+    let (pk, ps) = pool.unwrap_or((1, 1));
+    let rows = ph * pw * pk * pk;
+    // Windows are read in place from `x` when there is no padding and no window row is
+    // padded to a multiple of 4 (which would read past the image); otherwise from a padded
+    // copy of each image, followed by SLACK bytes.
+    let in_place = s.padding == 0 && run4 == k * c;
+    // Images per step: their accumulators and padded copies stay within ~32 KiB.
+    let step_bytes = image_out * 4 + if in_place { 0 } else { image_pad };
+    let block = ((1usize << 15) / step_bytes.max(1)).clamp(1, s.batch.max(1));
+    let task = images_per_task(s.batch, threads, block);
+    // Where each product row's window starts in an image.
+    let mut offsets = Vec::with_capacity(rows);
+    for py in 0..ph {
+        for px in 0..pw {
+            for ky in 0..pk {
+                for kx in 0..pk {
+                    let (oy, ox) = (py * ps + ky, px * ps + kx);
+                    offsets.push((oy * wp + ox) * s.stride * c);
+                }
+            }
+        }
+    }
+    let offsets = RowTable::new(offsets);
+    let tile = RequantTile::new(stage, n);
     out.clear();
-    out.resize(s.batch * rows * n, 0);
-    let image_in = s.height * s.width * s.in_channels;
-    let (task, block) = split_batch(s.batch, rows, kp + 4 * n);
-    // Images `first..` of one task into `o`, a cache block at a time.
-    let run = |first: usize, o: &mut [u8]| {
-        let images = o.len() / (rows * n);
-        let (mut cols, mut acc) = (Vec::new(), Vec::new());
+    out.resize(s.batch * image_out, 0);
+    // Images `first..` into `o`, a block at a time.
+    let run = |first: usize, o: &mut [u8]| -> Result<()> {
+        let images = o.len() / image_out;
+        let mut padded = if in_place {
+            Vec::new()
+        } else {
+            vec![x_zero; block * image_pad + SLACK]
+        };
+        let mut acc = vec![0i32; block * image_out];
         let mut i = 0;
         while i < images {
             let nb = block.min(images - i);
-            let (b0, m) = (first + i, nb * rows);
-            // Fully overwritten below: grow, never re-zero.
-            if acc.len() < m * n {
-                acc.resize(m * n, 0);
-            }
-            let acc = &mut acc[..m * n];
-            if direct {
-                // A pointwise convolution is already a matrix product on NHWC rows.
-                gemm_rows(isa, &x[b0 * image_in..], m, kp, w, acc);
+            let b0 = first + i;
+            let acc = &mut acc[..nb * image_out];
+            let src: &[u8] = if in_place {
+                &x[b0 * image_in..(b0 + nb) * image_in]
             } else {
-                if cols.len() < m * kp + SLACK {
-                    cols.resize(m * kp + SLACK, 0);
+                // Only the interior is written: the border keeps `x_zero` from the start.
+                let line = s.width * c;
+                for j in 0..nb {
+                    let src = &x[(b0 + j) * image_in..][..image_in];
+                    let dst = &mut padded[j * image_pad..][..image_pad];
+                    for (y, l) in src.chunks_exact(line.max(1)).enumerate() {
+                        dst[((y + s.padding) * wp + s.padding) * c..][..line].copy_from_slice(l);
+                    }
                 }
-                im2col_images(x, s, x_zero, kp, b0..b0 + nb, &mut cols);
-                gemm_rows(isa, &cols, m, kp, w, acc);
+                &padded
+            };
+            for (j, acc) in acc.chunks_mut(image_out).enumerate() {
+                let at = Rows::Table(&offsets, j * image_pad);
+                gemm_at(isa, src, rows, at, wp * c, pk * pk, w, acc)?;
             }
-            requantize_rows(acc, n, stage, &mut o[i * rows * n..(i + nb) * rows * n]);
+            tile.run(acc, &mut o[i * image_out..(i + nb) * image_out]);
             i += nb;
         }
+        Ok(())
     };
     if task >= s.batch {
-        run(0, out);
+        run(0, out)?;
     } else {
-        out.par_chunks_mut(task * rows * n)
+        out.par_chunks_mut(task * image_out)
             .enumerate()
-            .for_each(|(t, o)| run(t * task, o));
+            .try_for_each(|(t, o)| run(t * task, o))?;
     }
-    Ok(())
+    Ok((ph, pw))
 }
 
 /// Depthwise convolution (one filter per channel) of NHWC u8 `x`, weights `[ky][kx][c]`;
@@ -745,6 +1196,19 @@ pub fn depthwise_conv2d(
     s: &ConvShape,
     w: &[i8],
     stage: &OutputStage,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    depthwise_conv2d_on(x, x_zero, s, w, stage, Threads::Pool, out)
+}
+
+/// [`depthwise_conv2d`] on the given threads.
+pub(crate) fn depthwise_conv2d_on(
+    x: &[u8],
+    x_zero: u8,
+    s: &ConvShape,
+    w: &[i8],
+    stage: &OutputStage,
+    threads: Threads,
     out: &mut Vec<u8>,
 ) -> Result<()> {
     s.check_input(x)?;
@@ -788,7 +1252,7 @@ pub fn depthwise_conv2d(
             }
         }
     };
-    let (task, _) = split_batch(s.batch, oh * ow, c * k * k);
+    let task = images_per_task(s.batch, threads, 1);
     if task >= s.batch {
         run(0, out);
     } else {
@@ -1146,16 +1610,134 @@ mod tests {
             let bias: Vec<i32> = (0..cout as i32).map(|j| (j - 3) * 97).collect();
             let rq: Vec<Requant> = (0..cout).map(|j| Requant::new(mult * (1.0 + j as f64 / 7.0)).unwrap()).collect();
             let want = naive_conv(&x, z as i32, &s, &w, &bias, &rq, oz, false);
-            let packed = PackedWeights::new(&w, cout, k).unwrap();
+            // Plain weights are repacked by `conv2d`; convolution weights are used as they are.
+            let plain = PackedWeights::new(&w, cout, k).unwrap();
+            let conv = PackedWeights::conv(&w, cout, kernel, cin).unwrap();
+            prop_assert_eq!(plain.row_sums(), conv.row_sums());
             let stage = OutputStage {
-                bias: bias.iter().zip(packed.row_sums()).map(|(&b, &ws)| b - z as i32 * ws).collect(),
+                bias: bias.iter().zip(plain.row_sums()).map(|(&b, &ws)| b - z as i32 * ws).collect(),
                 requant: rq, zero_point: oz, min: 0, max: 255,
             };
             for isa in isas() {
-                let mut got = Vec::new();
-                conv2d(isa, &x, z, &s, &packed, &stage, &mut got).unwrap();
+                for packed in [&plain, &conv] {
+                    let mut got = Vec::new();
+                    conv2d(isa, &x, z, &s, packed, &stage, &mut got).unwrap();
+                    prop_assert_eq!(&got, &want, "{:?}", isa);
+                }
+            }
+        }
+
+        #[test]
+        fn fused_max_pool_equals_conv_then_pool(
+            batch in 1usize..4, h in 1usize..12, wd in 1usize..12, cin in 1usize..7,
+            cout in 1usize..35, kernel in 1usize..6, stride in 1usize..3, padding in 0usize..3,
+            pool_k in 1usize..4, pool_s in 1usize..4, seed in 0u64..1000, z in 0u8..=255,
+            oz in 0i32..256, mult in 0.0005f64..0.05, relu in proptest::bool::ANY,
+        ) {
+            let s = ConvShape { batch, height: h, width: wd, in_channels: cin, out_channels: cout,
+                kernel, stride, padding };
+            prop_assume!(s.output().is_ok());
+            let (oh, ow) = s.output().unwrap();
+            let d = (batch, oh, ow, cout);
+            prop_assume!(pool_out(d, pool_k, pool_s).is_ok());
+            let x = bytes(batch * h * wd * cin, seed);
+            let k = kernel * kernel * cin;
+            let w = codes(cout * k, seed + 5);
+            let bias: Vec<i32> = (0..cout as i32).map(|j| (j - 4) * 131).collect();
+            let rq: Vec<Requant> = (0..cout).map(|j| Requant::new(mult * (1.0 + j as f64 / 5.0)).unwrap()).collect();
+            let conv = naive_conv(&x, z as i32, &s, &w, &bias, &rq, oz, false);
+            // A fused ReLU clamps below at the zero point.
+            let lo = if relu { oz as u8 } else { 0 };
+            let conv: Vec<u8> = conv.iter().map(|&q| q.max(lo)).collect();
+            let mut want = Vec::new();
+            max_pool(&conv, d, pool_k, pool_s, &mut want).unwrap();
+            let packed = PackedWeights::conv(&w, cout, kernel, cin).unwrap();
+            let stage = OutputStage {
+                bias: bias.iter().zip(packed.row_sums()).map(|(&b, &ws)| b - z as i32 * ws).collect(),
+                requant: rq, zero_point: oz, min: lo, max: 255,
+            };
+            for isa in isas() {
+                for threads in [Threads::Caller, Threads::Pool] {
+                    let mut got = Vec::new();
+                    let dims = conv2d_pooled(isa, &x, z, &s, &packed, &stage,
+                        Some((pool_k, pool_s)), threads, &mut got).unwrap();
+                    prop_assert_eq!(dims, pool_out(d, pool_k, pool_s).unwrap());
+                    prop_assert_eq!(&got, &want, "{:?} {:?}", isa, threads);
+                }
+            }
+        }
+
+        #[test]
+        fn gemm_on_runs_and_row_groups_is_exact_on_every_isa(
+            outputs in 1usize..12, group in 1usize..6, n in 1usize..40, taps in 1usize..4,
+            run in 1usize..21, gap in 0usize..9, seed in 0u64..1000,
+        ) {
+            // Rows start anywhere in `a`; each reads `taps` runs `stride` bytes apart, padded
+            // to a multiple of 4 (the padding reads whatever follows, times zero weights).
+            let run4 = run.div_ceil(4) * 4;
+            let stride = run4 + gap;
+            let span = (taps - 1) * stride + run4;
+            let m = outputs * group;
+            let a = bytes(3 * span + 64, seed);
+            let starts: Vec<usize> = bytes(m, seed + 2).iter()
+                .map(|&b| b as usize % (a.len() - span + 1)).collect();
+            let w = codes(n * taps * run, seed + 1);
+            let packed = PackedWeights::pack(&w, n, taps * run, taps);
+            let mut want = vec![i32::MIN; outputs * n];
+            for r in 0..m { for j in 0..n {
+                let v: i32 = (0..taps * run).map(|kk| {
+                    a[starts[r] + (kk / run) * stride + kk % run] as i32 * w[j * taps * run + kk] as i32
+                }).sum();
+                let o = &mut want[(r / group) * n + j];
+                *o = (*o).max(v);
+            }}
+            for isa in isas() {
+                let mut got = vec![0i32; outputs * n];
+                let table = RowTable::new(starts.clone());
+                gemm_at(isa, &a, m, Rows::Table(&table, 0), stride, group, &packed, &mut got).unwrap();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
             }
+        }
+
+        #[test]
+        fn requantize_matches_output_stage_code(
+            rows in 1usize..6, n in 1usize..70, seed in 0u64..1000, zero in 0i32..256,
+            lo in 0u8..=255, span in 0u8..=255, log_mult in -40f64..26.0, extreme in 0usize..4,
+        ) {
+            // Accumulators and biases across the whole i32 range (sums leaving it take the
+            // 64-bit path), multipliers from ones that vanish (mantissa 0) to 2^29.
+            let raw = bytes(4 * (rows * n + n), seed);
+            let word = |i: usize| i32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);
+            let small = |v: i32| v >> 12;
+            let acc: Vec<i32> = (0..rows * n).map(|i| match extreme {
+                0 => small(word(i)),
+                1 => word(i),
+                2 => if i % 3 == 0 { i32::MAX - (i as i32 % 5) } else { small(word(i)) },
+                _ => if i % 2 == 0 { i32::MIN + (i as i32 % 7) } else { -small(word(i)).abs() },
+            }).collect();
+            let bias: Vec<i32> = (0..n).map(|j| if extreme == 0 { small(word(rows * n + j)) } else { word(rows * n + j) }).collect();
+            let requant: Vec<Requant> = (0..n)
+                .map(|j| Requant::new(2f64.powf(log_mult) * (1.0 + j as f64 / 9.0)).unwrap())
+                .collect();
+            let stage = OutputStage { bias, requant, zero_point: zero, min: lo, max: lo.saturating_add(span) };
+            let want: Vec<u8> = acc.iter().enumerate().map(|(i, &a)| stage.code(i % n, a)).collect();
+            let mut got = vec![0u8; acc.len()];
+            requantize(&acc, n, &stage, &mut got).unwrap();
+            prop_assert_eq!(&got, &want);
+            // The portable loop too (the wide one runs above where the CPU has AVX-512).
+            let mut portable = vec![0u8; acc.len()];
+            for (a, o) in acc.chunks(n).zip(portable.chunks_mut(n)) {
+                requant_tiles(a, o, &RequantTile::new(&stage, n));
+            }
+            prop_assert_eq!(&portable, &want);
+        }
+
+        #[test]
+        fn vector_quantization_equals_quantize_u8(bits in proptest::num::u32::ANY,
+            scale in 1e-4f32..10.0, zero in 0i32..256) {
+            let p = Params { scale, zero_point: zero };
+            let x = f32::from_bits(bits);
+            prop_assert_eq!(quantize_code(x, scale, zero as f32), p.quantize_u8(x), "{}", x);
         }
 
         #[test]
@@ -1233,6 +1815,120 @@ mod tests {
     }
 
     #[test]
+    fn vector_quantization_equals_quantize_u8_at_the_edges() {
+        let mut xs = vec![
+            0.0,
+            -0.0,
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            0.49999997,
+            -0.49999997,
+        ];
+        // Ties, and both sides of 2^23 and 2^24 where the float grid gets coarser than 1.
+        for k in -600..600 {
+            xs.push(k as f32 + 0.5);
+            xs.push(k as f32 * 0.25);
+        }
+        for base in [8_388_608.0f32, 16_777_216.0] {
+            let mut v = base;
+            for _ in 0..8 {
+                xs.extend([v, -v]);
+                v = f32::from_bits(v.to_bits() - 1);
+            }
+            let mut v = base;
+            for _ in 0..8 {
+                xs.extend([v, -v]);
+                v = f32::from_bits(v.to_bits() + 1);
+            }
+        }
+        for scale in [1.0f32, 0.5, 1.0 / 255.0, 0.0173, 3.0] {
+            for zero in [0, 1, 127, 128, 254, 255] {
+                let p = Params {
+                    scale,
+                    zero_point: zero,
+                };
+                let want: Vec<u8> = xs.iter().map(|&x| p.quantize_u8(x)).collect();
+                let mut got = Vec::new();
+                quantize_u8_into(&xs, p, &mut got);
+                assert_eq!(got, want, "scale {scale}, zero {zero}");
+                let scalar: Vec<u8> = xs
+                    .iter()
+                    .map(|&x| quantize_code(x, scale, zero as f32))
+                    .collect();
+                assert_eq!(scalar, want, "scale {scale}, zero {zero}");
+            }
+        }
+    }
+
+    #[test]
+    fn batches_split_into_tasks_give_the_same_codes() {
+        // LeNet-5's first layer on a batch large enough for several parallel tasks, against
+        // the same images one at a time.
+        let s = ConvShape {
+            batch: 37,
+            height: 28,
+            width: 28,
+            in_channels: 1,
+            out_channels: 6,
+            kernel: 5,
+            stride: 1,
+            padding: 2,
+        };
+        let x = bytes(37 * 28 * 28, 3);
+        let w = codes(6 * 25, 4);
+        let packed = PackedWeights::conv(&w, 6, 5, 1).unwrap();
+        let stage = OutputStage {
+            bias: (0..6).map(|j| j * 1000 - 2500).collect(),
+            requant: vec![Requant::new(0.0021).unwrap(); 6],
+            zero_point: 7,
+            min: 7,
+            max: 255,
+        };
+        for isa in isas() {
+            for pool in [None, Some((2, 2))] {
+                let mut all = Vec::new();
+                conv2d_pooled(
+                    isa,
+                    &x,
+                    9,
+                    &s,
+                    &packed,
+                    &stage,
+                    pool,
+                    Threads::Pool,
+                    &mut all,
+                )
+                .unwrap();
+                let one = ConvShape { batch: 1, ..s };
+                let mut each = Vec::new();
+                for img in x.chunks(28 * 28) {
+                    let mut y = Vec::new();
+                    conv2d_pooled(
+                        isa,
+                        img,
+                        9,
+                        &one,
+                        &packed,
+                        &stage,
+                        pool,
+                        Threads::Caller,
+                        &mut y,
+                    )
+                    .unwrap();
+                    each.extend(y);
+                }
+                assert_eq!(all, each, "{isa:?} {pool:?}");
+            }
+        }
+    }
+
+    #[test]
     fn detected_isa_is_available() {
         let isa = Isa::detect();
         eprintln!("integer path: {isa:?}");
@@ -1248,5 +1944,18 @@ mod tests {
         let w = PackedWeights::new(&[1; 8], 2, 4).unwrap();
         let mut out = vec![0; 2];
         assert!(gemm_u8i8(Isa::Portable, &[0; 3], 1, 4, &w, &mut out).is_err());
+        assert!(PackedWeights::conv(&[1; 8], 2, 2, 2).is_err());
+        assert!(PackedWeights::conv(&[], 1, 0, 1).is_err());
+        // Convolution weights keep window rows apart: not a plain matrix.
+        let conv = PackedWeights::conv(&[1; 18], 2, 3, 1).unwrap();
+        let mut out = vec![0; 2];
+        assert!(gemm_u8i8(Isa::Portable, &[0; 12], 1, 12, &conv, &mut out).is_err());
+        // Rows reaching past the activations, or a group that does not divide the rows.
+        let table = RowTable::new(vec![4]);
+        let at = Rows::Table(&table, 0);
+        assert!(gemm_at(Isa::Portable, &[0; 12], 1, at, 4, 1, &conv, &mut out).is_err());
+        assert!(gemm_at(Isa::Portable, &[0; 64], 2, at, 4, 1, &conv, &mut out).is_err());
+        let at = Rows::Strided(1);
+        assert!(gemm_at(Isa::Portable, &[0; 64], 3, at, 4, 2, &conv, &mut out).is_err());
     }
 }

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use hdr_models::{Activation, Graph, Node, NodeId};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
 use crate::fold::{folded_conv, missing, read_params, vec_of, BatchNorm};
-use crate::kernels::{self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale};
+use crate::kernels::{
+    self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale, Threads,
+};
 use crate::quant::{quantize_per_channel, Observer, QuantParams, RangeObserver};
 
 /// How [`QuantizedModel::quantize`] works.
@@ -223,6 +226,31 @@ pub struct QuantizedModel {
     weights: Vec<Option<LayerWeights>>,
     prepared: Vec<Prepared>,
     isa: Isa,
+    /// Per op, the last op that reads its output (itself when none does).
+    last_reader: Vec<usize>,
+    /// Per op, how many ops read its output.
+    readers: Vec<usize>,
+}
+
+/// How [`QuantizedModel::run_inner`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Every op's output kept, as its own op; kernels spread the batch over threads.
+    Inspect,
+    /// Outputs dropped (and their buffers reused) after their last reader, a max pool fused
+    /// into the convolution before it; kernels on the calling thread, which runs one chunk
+    /// of the batch.
+    Fast,
+}
+
+/// Images per chunk of a batch for [`QuantizedModel::run`]: a few chunks per thread, so that
+/// work stealing evens out threads slowed down by other processes, and no more than a chunk
+/// whose activations stay in a core's cache.
+fn images_per_chunk(batch: usize) -> usize {
+    const MOST: usize = 16;
+    batch
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .clamp(1, MOST)
 }
 
 /// Runs `graph` in f32, returning every node's value (for calibration).
@@ -792,7 +820,7 @@ impl QuantizedModel {
                                 }
                             }
                         }
-                        let packed = PackedWeights::new(&codes, o, kk * c)?;
+                        let packed = PackedWeights::conv(&codes, o, k, c)?;
                         for (b, &s) in st.bias.iter_mut().zip(packed.row_sums()) {
                             // Padding and zero-point correction: the product sums raw codes.
                             *b = (*b as i64 - s_in.zero_point as i64 * s as i64)
@@ -882,12 +910,22 @@ impl QuantizedModel {
                 reason: "a quantized model starts with its input".into(),
             });
         }
+        let mut readers = vec![0; ops.len()];
+        let mut last_reader: Vec<usize> = (0..ops.len()).collect();
+        for (i, op) in ops.iter().enumerate() {
+            for k in op.spec.inputs() {
+                readers[k] += 1;
+                last_reader[k] = i;
+            }
+        }
         Ok(Self {
             name,
             ops,
             weights,
             prepared,
             isa,
+            last_reader,
+            readers,
         })
     }
 
@@ -938,7 +976,7 @@ impl QuantizedModel {
     /// (batch norms folded in, so none for them).
     pub fn macs(&self) -> Result<u64> {
         // The spatial sizes come from running one blank image.
-        let (_, _, vals) = self.run_inner(&[0.0; 28 * 28], (1, 28, 28, 1))?;
+        let (_, _, vals) = self.run_inner(&[0.0; 28 * 28], (1, 28, 28, 1), Mode::Inspect)?;
         let mut macs = 0u64;
         for (i, op) in self.ops.iter().enumerate() {
             macs += match &op.spec {
@@ -1004,7 +1042,24 @@ impl QuantizedModel {
 
     /// [`QuantizedModel::forward`] on a plain NCHW slice; returns logits and class count.
     pub fn run(&self, x: &[f32], dims: Dims) -> Result<(Vec<f32>, usize)> {
-        let (logits, classes, _) = self.run_inner(x, dims)?;
+        let (b, h, w, c) = dims;
+        let per_image = h * w * c;
+        let chunk = images_per_chunk(b);
+        if chunk >= b || per_image == 0 || x.len() != b * per_image {
+            let (logits, classes, _) = self.run_inner(x, dims, Mode::Fast)?;
+            return Ok((logits, classes));
+        }
+        // Images are independent: chunks of the batch run through the whole network in
+        // parallel, each on one thread, with their activations in that core's cache.
+        let parts = x
+            .par_chunks(chunk * per_image)
+            .map(|xs| self.run_inner(xs, (xs.len() / per_image, h, w, c), Mode::Fast))
+            .collect::<Result<Vec<_>>>()?;
+        let classes = parts.first().map_or(0, |p| p.1);
+        let mut logits = Vec::with_capacity(b * classes);
+        for (l, _, _) in parts {
+            logits.extend_from_slice(&l);
+        }
         Ok((logits, classes))
     }
 
@@ -1030,7 +1085,7 @@ impl QuantizedModel {
             });
         };
         let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (_, _, vals) = self.run_inner(&data, (b, h, w, c))?;
+        let (_, _, vals) = self.run_inner(&data, (b, h, w, c), Mode::Inspect)?;
         let mut out = Vec::new();
         for (i, v) in vals.iter().enumerate() {
             let op = &self.ops[i];
@@ -1061,28 +1116,66 @@ impl QuantizedModel {
         Ok(out)
     }
 
-    fn run_inner(&self, x: &[f32], (b, h, w, c): Dims) -> Result<(Vec<f32>, usize, Vec<Value>)> {
+    /// The max pool (`(kernel, stride)`) that op `i`, a dense convolution, computes in the
+    /// fast run: the next op, when it pools `i` and nothing else reads `i`.
+    fn fused_pool(&self, i: usize) -> Option<(usize, usize)> {
+        let dense = matches!(self.prepared.get(i), Some(Prepared::Dense { .. }))
+            && matches!(self.ops.get(i)?.spec, OpSpec::Conv { .. });
+        match self.ops.get(i + 1)?.spec {
+            OpSpec::MaxPool {
+                input,
+                kernel,
+                stride,
+            } if dense && input == i && self.readers[i] == 1 => Some((kernel, stride)),
+            _ => None,
+        }
+    }
+
+    fn run_inner(
+        &self,
+        x: &[f32],
+        (b, h, w, c): Dims,
+        mode: Mode,
+    ) -> Result<(Vec<f32>, usize, Vec<Value>)> {
         if x.len() != b * h * w * c || b == 0 {
             return Err(CompressError::BadInput {
                 expected: format!("{b} x {c} x {h} x {w} values, batch >= 1"),
                 found: vec![x.len()],
             });
         }
+        let fast = mode == Mode::Fast;
+        let threads = if fast { Threads::Caller } else { Threads::Pool };
         let mut vals: Vec<Value> = Vec::with_capacity(self.ops.len());
+        // Buffers of outputs that have been read for the last time, for later outputs.
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        // The output of a max pool computed with the convolution before it.
+        let mut pooled: Option<Value> = None;
         let last = self.ops.len() - 1;
         for (i, (op, prep)) in self.ops.iter().zip(&self.prepared).enumerate() {
             let bad = |reason: String| CompressError::Unsupported { node: i, reason };
-            let mut y = Value::default();
+            let mut y = Value {
+                data: spare.pop().unwrap_or_default(),
+                dims: (0, 0, 0, 0),
+            };
             match (&op.spec, prep) {
+                (OpSpec::MaxPool { .. }, _) if pooled.is_some() => {
+                    let unused = std::mem::replace(&mut y, pooled.take().unwrap_or_default());
+                    spare.push(unused.data);
+                }
                 (OpSpec::Input, _) => {
                     // NCHW f32 -> NHWC u8.
                     y.dims = (b, h, w, c);
-                    y.data = vec![0; x.len()];
-                    for n in 0..b {
-                        for ch in 0..c {
-                            for p in 0..h * w {
-                                y.data[(n * h * w + p) * c + ch] =
-                                    op.out.quantize_u8(x[(n * c + ch) * h * w + p]);
+                    y.data.clear();
+                    if c == 1 {
+                        kernels::quantize_u8_into(x, op.out, &mut y.data);
+                    } else {
+                        y.data.resize(x.len(), 0);
+                        for n in 0..b {
+                            for ch in 0..c {
+                                for p in 0..h * w {
+                                    y.data[(n * h * w + p) * c + ch] =
+                                        op.out.quantize_u8(x[(n * c + ch) * h * w + p]);
+                                }
                             }
                         }
                     }
@@ -1111,16 +1204,39 @@ impl QuantizedModel {
                     };
                     let (oh, ow) = s.output()?;
                     let z = self.ops[*input].out.zero_point as u8;
+                    let pool = self.fused_pool(i).filter(|_| fast);
                     match p {
                         Prepared::Dense { packed, stage, .. } => {
-                            kernels::conv2d(self.isa, &v.data, z, &s, packed, stage, &mut y.data)?
+                            let (ph, pw) = kernels::conv2d_pooled(
+                                self.isa,
+                                &v.data,
+                                z,
+                                &s,
+                                packed,
+                                stage,
+                                pool,
+                                threads,
+                                &mut y.data,
+                            )?;
+                            y.dims = (s.batch, ph, pw, *out_channels);
+                            if pool.is_some() {
+                                pooled = Some(std::mem::take(&mut y));
+                            }
                         }
                         Prepared::Depthwise { codes, stage } => {
-                            kernels::depthwise_conv2d(&v.data, z, &s, codes, stage, &mut y.data)?
+                            kernels::depthwise_conv2d_on(
+                                &v.data,
+                                z,
+                                &s,
+                                codes,
+                                stage,
+                                threads,
+                                &mut y.data,
+                            )?;
+                            y.dims = (s.batch, oh, ow, *out_channels);
                         }
                         _ => return Err(bad("convolution without weights".into())),
                     }
-                    y.dims = (s.batch, oh, ow, *out_channels);
                 }
                 (
                     OpSpec::Linear {
@@ -1157,7 +1273,7 @@ impl QuantizedModel {
                     };
                     let o = *out_features;
                     let mut acc = vec![0i32; n * o];
-                    kernels::gemm_u8i8(self.isa, a, n, kp, packed, &mut acc)?;
+                    kernels::gemm_u8i8_on(self.isa, a, n, kp, packed, threads, &mut acc)?;
                     if i == last {
                         // The logits leave the integer domain straight from the accumulators.
                         let logits = acc
@@ -1170,7 +1286,8 @@ impl QuantizedModel {
                             .collect();
                         return Ok((logits, o, vals));
                     }
-                    y.data = vec![0; n * o];
+                    y.data.clear();
+                    y.data.resize(n * o, 0);
                     kernels::requantize(&acc, o, stage, &mut y.data)?;
                     y.dims = (n, 1, 1, o);
                 }
@@ -1245,7 +1362,8 @@ impl QuantizedModel {
                     let v = &vals[*input];
                     let (n, hh, ww, cc) = v.dims;
                     let hw = hh * ww;
-                    y.data = vec![0; v.data.len()];
+                    y.data.clear();
+                    y.data.resize(v.data.len(), 0);
                     for s in 0..n {
                         for p in 0..hw {
                             for ch in 0..cc {
@@ -1261,17 +1379,20 @@ impl QuantizedModel {
                     if cc != 1 {
                         return Err(bad(format!("repeat of {cc} channels")));
                     }
-                    y.data = v.data.iter().flat_map(|&q| [q; 3]).collect();
+                    y.data.clear();
+                    y.data.extend(v.data.iter().flat_map(|&q| [q; 3]));
                     y.dims = (n, hh, ww, 3);
                 }
                 (OpSpec::Clamp { input, .. }, Prepared::Clamp(lo, hi)) => {
                     let v = &vals[*input];
-                    y.data = v.data.iter().map(|&q| q.clamp(*lo, *hi)).collect();
+                    y.data.clear();
+                    y.data.extend(v.data.iter().map(|&q| q.clamp(*lo, *hi)));
                     y.dims = v.dims;
                 }
                 (OpSpec::Lut { input, .. }, Prepared::Lut(t)) => {
                     let v = &vals[*input];
-                    y.data = v.data.iter().map(|&q| t[q as usize]).collect();
+                    y.data.clear();
+                    y.data.extend(v.data.iter().map(|&q| t[q as usize]));
                     y.dims = v.dims;
                 }
                 (OpSpec::Add { a, b, .. }, Prepared::Add(ra, rb, range)) => {
@@ -1317,6 +1438,13 @@ impl QuantizedModel {
                 _ => return Err(bad("op and prepared data disagree".into())),
             }
             vals.push(y);
+            if fast {
+                for k in op.spec.inputs() {
+                    if self.last_reader[k] == i && vals[k].data.capacity() > 0 {
+                        spare.push(std::mem::take(&mut vals[k].data));
+                    }
+                }
+            }
         }
         // A graph that does not end in a linear layer: dequantize its codes.
         let v = vals.pop().ok_or_else(|| CompressError::Unsupported {
@@ -1385,5 +1513,72 @@ mod tests {
             // LeNet-5's default activation may not be ReLU; the others must be equalized.
             assert!(changed || name == "lenet5", "{name}: nothing equalized");
         }
+    }
+
+    /// A random model of `name`, quantized on random images.
+    fn quantized(name: &str, seed: u64) -> QuantizedModel {
+        let vars = VarMap::new();
+        let m = hdr_models::create(
+            name,
+            VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        hdr_models::init::init(&vars, seed).unwrap();
+        let pixels: Vec<f32> = (0..8 * 784)
+            .map(|i| ((i * 31) % 256) as f32 / 255.0)
+            .collect();
+        let calib = Tensor::from_vec(pixels, (8, 1, 28, 28), &Device::Cpu).unwrap();
+        QuantizedModel::quantize(
+            name,
+            &m.graph(),
+            &vars,
+            &[calib],
+            &QuantizeConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn chunked_fused_run_equals_the_op_by_op_run() {
+        // `run` splits the batch into chunks and fuses max pools into convolutions; the
+        // op-by-op run keeps every op. Both are integer arithmetic: the logits are identical.
+        let cases: Vec<(&str, &[usize])> = hdr_models::list()
+            .into_iter()
+            .map(|n| -> (&str, &[usize]) {
+                match n {
+                    "lenet5" | "lenet5_classic" | "mobilenet_hdr" => (n, &[1, 2, 37]),
+                    _ => (n, &[1, 3]),
+                }
+            })
+            .collect();
+        for (name, batches) in cases {
+            let q = quantized(name, 9);
+            for &b in batches {
+                let x: Vec<f32> = (0..b * 784)
+                    .map(|i| ((i * 7919) % 1000) as f32 / 999.0)
+                    .collect();
+                for isa in [Isa::Portable, Isa::AvxVnni, Isa::Avx512Vnni] {
+                    if !isa.available() || (isa == Isa::Portable && b > 3 && name != "lenet5") {
+                        continue;
+                    }
+                    let q = q.clone().with_isa(isa);
+                    let (fast, classes) = q.run(&x, (b, 28, 28, 1)).unwrap();
+                    let (each, c2, _) = q.run_inner(&x, (b, 28, 28, 1), Mode::Inspect).unwrap();
+                    assert_eq!(classes, c2, "{name}");
+                    assert_eq!(fast.len(), b * classes, "{name}");
+                    assert_eq!(fast, each, "{name} b{b} {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lenet5_fuses_both_max_pools() {
+        let q = quantized("lenet5", 2);
+        let fused: Vec<_> = (0..q.num_ops()).filter_map(|i| q.fused_pool(i)).collect();
+        assert_eq!(fused, [(2, 2), (2, 2)]);
+        // Average pooling (the classic LeNet-5) is not fused.
+        let classic = quantized("lenet5_classic", 2);
+        assert!((0..classic.num_ops()).all(|i| classic.fused_pool(i).is_none()));
     }
 }
