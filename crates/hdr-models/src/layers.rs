@@ -425,6 +425,8 @@ pub(crate) fn linear(t: &mut Tracer, out: usize, vb: VarBuilder<'_>) -> Result<L
 }
 
 pub(crate) fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
+    // Models of linear layers only (the MLPs) reach no `hdr-ops` kernel that would do it.
+    hdr_ops::setup();
     Ok(layer.forward(x)?)
 }
 

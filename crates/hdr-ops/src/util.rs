@@ -39,11 +39,33 @@ pub fn tune_allocator() {
     });
 }
 
-/// Process-wide setup, once, on the first CPU op of this crate: [`tune_allocator`] and
-/// [`limit_candle_pool`].
-pub(crate) fn setup() {
+/// Process-wide CPU setup, done once (later calls cost an atomic load): [`tune_allocator`],
+/// candle's elementwise pool kept to one thread and its matmul's per-call thread-count lookup
+/// made cheap. Every op of this crate calls it; call it before a model that uses none of them
+/// (e.g. candle's `Linear` only) runs.
+pub fn setup() {
     tune_allocator();
     limit_candle_pool();
+    fix_matmul_thread_count();
+}
+
+/// Sets `RAYON_NUM_THREADS` (when unset) to the size rayon's global pool has.
+///
+/// candle 0.11's CPU matmul asks for its thread count on every call, and unless
+/// `RAYON_NUM_THREADS` is set that means counting physical cores by reading and parsing
+/// `/proc/cpuinfo`: a batch-1 LeNet-5 spent ~6% of its time in the kernel formatting that file
+/// for its three linear layers. The value written is the one rayon already uses (its pool is
+/// built first, from its own default), so no thread count changes except candle's matmul
+/// split, which then matches our kernels'.
+fn fix_matmul_thread_count() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let threads = rayon::current_num_threads();
+            // As in `limit_candle_pool`: once, through std's environment lock.
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+    });
 }
 
 /// Keeps candle's elementwise thread pool to the calling thread, unless the user chose a size
