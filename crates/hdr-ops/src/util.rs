@@ -243,16 +243,34 @@ pub(crate) fn sgemm(
         }
         return Ok(());
     }
-    // SAFETY: the checks above guarantee every index the kernel touches,
-    // (i*rs + j*cs) for i < rows, j < cols, lies inside the corresponding slice; `c` is borrowed
-    // mutably so it cannot alias `a` or `b`. With `read_dst == false` gemm never reads `c`, so
-    // stale scratch contents are harmless.
+    // SAFETY: the checks above guarantee the bounds; `c` is borrowed mutably so it cannot alias
+    // `a` or `b`.
+    unsafe { gemm_raw((m, n, k), a, b, c.as_mut_ptr(), accumulate, par) };
+    Ok(())
+}
+
+/// `c = (accumulate ? c : 0) + a · b` through the `gemm` crate, `c` row-major with stride `n`.
+/// With `accumulate == false` gemm never reads `c`, only writes every element of it.
+///
+/// # Safety
+/// `a` and `b` must fit `m×k` and `k×n` (`Mat::fits`), `c` must point to `m*n` writable
+/// elements not aliasing them, and `m, n, k > 0`.
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<'_>,
+    b: Mat<'_>,
+    c: *mut f32,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    // SAFETY: forwarded from the caller: every index the kernel touches, (i*rs + j*cs) for
+    // i < rows, j < cols, lies inside the corresponding buffer.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,
@@ -270,7 +288,6 @@ pub(crate) fn sgemm(
             par,
         );
     }
-    Ok(())
 }
 
 /// [`sgemm`] with `accumulate == false` into a buffer that may be uninitialised: gemm never
@@ -290,31 +307,9 @@ pub(crate) fn sgemm_init<'c>(
     if m == 0 || n == 0 || k == 0 {
         c.fill(MaybeUninit::new(0.0));
     } else {
-        // SAFETY: as in `sgemm`: every index the kernel touches lies inside the slices, which
-        // cannot alias. With `read_dst == false` gemm only writes `c`, every element of it.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr().cast::<f32>(),
-                1,
-                n as isize,
-                false,
-                a.data.as_ptr(),
-                a.cs as isize,
-                a.rs as isize,
-                b.data.as_ptr(),
-                b.cs as isize,
-                b.rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        // SAFETY: the bounds were checked above, `c` is borrowed mutably so it cannot alias `a`
+        // or `b`, and gemm does not read it.
+        unsafe { gemm_raw((m, n, k), a, b, c.as_mut_ptr().cast::<f32>(), false, par) };
     }
     // SAFETY: every element of `c` was written above.
     Ok(unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) })
