@@ -57,9 +57,9 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut outcomes: Vec<StudyOutcome> = Vec::new();
     let mut teacher: Option<StudyOutcome> = None;
-    // Kept alive for the whole loop: a live teacher borrows it.
-    let mut teacher_models: Vec<hdr::models::LoadedModel> = Vec::new();
     for name in &a.models {
+        // Declared before `distill`, which borrows it when the teacher runs live.
+        let live_teacher: hdr::models::LoadedModel;
         let config = hdr::models::config(name)?;
         let wants = match &config {
             hdr::models::ModelConfig::MobileNetHdr(c) => c.teacher.clone(),
@@ -92,10 +92,8 @@ fn main() -> anyhow::Result<()> {
                 let loaded = hdr::models::load(&file, &device)?;
                 println!("distilling from {} ({})", loaded.name, file.display());
                 if a.live_teacher {
-                    teacher_models.push(loaded);
-                    Some(Teacher::Model(
-                        teacher_models.last().unwrap().model.as_ref(),
-                    ))
+                    live_teacher = loaded;
+                    Some(Teacher::Model(live_teacher.model.as_ref()))
                 } else {
                     let cache = a.out_dir.join(format!("{t}.train-logits.safetensors"));
                     let _ = std::fs::remove_file(&cache);
