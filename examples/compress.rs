@@ -59,6 +59,10 @@ struct Args {
     /// Fine-tune on the first N training images only (quick runs).
     #[arg(long)]
     train_subset: Option<usize>,
+    /// Split the variants are evaluated on: `test`, or `validation` (the 5k images held out of
+    /// training) to choose pruning and fine-tuning settings without looking at the test split.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    split: SplitArg,
     /// Folder of the saved variants.
     #[arg(long, default_value = "runs/compress")]
     out_dir: PathBuf,
@@ -66,6 +70,12 @@ struct Args {
     /// `compress-<model>` section; the rest of the page is kept), e.g. docs/RESULTS.md.
     #[arg(long)]
     markdown: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Test,
+    Validation,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -89,6 +99,9 @@ fn step<T>(msg: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if matches!(a.split, SplitArg::Validation) && a.markdown.is_some() {
+        anyhow::bail!("--markdown records test-split results; drop it with --split validation");
+    }
     let started = Instant::now();
     let dev = Device::Cpu;
     let load = || -> anyhow::Result<hdr::models::LoadedModel> {
@@ -189,16 +202,14 @@ fn main() -> anyhow::Result<()> {
         ("structured-int8", &structured_int8),
     ];
     let settings = MeasureSettings::default();
+    let (eval, split_name) = match a.split {
+        SplitArg::Test => (&data.test, "MNIST test split"),
+        SplitArg::Validation => (&data.val, "validation split"),
+    };
     let mut rows: Vec<VariantReport> = Vec::new();
     for (variant, model) in variants {
         rows.push(step(&format!("measuring {variant}"), || {
-            Ok(measure(
-                variant,
-                model,
-                &file(variant),
-                &data.test,
-                &settings,
-            )?)
+            Ok(measure(variant, model, &file(variant), eval, &settings)?)
         })?);
     }
 
@@ -214,8 +225,8 @@ fn main() -> anyhow::Result<()> {
         .collect();
     println!("structured widths: {}", widths.join(", "));
     println!(
-        "MNIST test split ({} images); variants in {}\n",
-        data.test.len(),
+        "{split_name} ({} images); variants in {}\n",
+        eval.len(),
         a.out_dir.display()
     );
     print!("{}", render_text(&rows));
