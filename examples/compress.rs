@@ -12,14 +12,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Parser;
 use hdr::compress::{
     measure, prune_iteratively, render_text, results_markdown, write_results, FineTuneConfig,
     Inference, MeasureSettings, QuantizeConfig, QuantizedModel, Scope, StructuredConfig,
     StructuredModel, VariantReport,
 };
-use hdr::data::BatchConfig;
 use hdr::train::StudyData;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -116,12 +115,7 @@ fn main() -> anyhow::Result<()> {
     let data = step("loading MNIST", || {
         Ok(StudyData::load(a.data.clone(), a.train_subset)?)
     })?;
-    let calibration: Vec<Tensor> = data
-        .train
-        .head(512)
-        .batches(&BatchConfig::eval(128), 0, &dev)?
-        .map(|b| b.map(|b| b.images))
-        .collect::<Result<_, _>>()?;
+    let calibration = hdr::compress::calibration_batches(&data.train, 512)?;
     let mut tune = FineTuneConfig {
         epochs: a.fine_tune_epochs,
         ..FineTuneConfig::with_lr(a.lr)

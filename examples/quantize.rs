@@ -8,13 +8,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::Parser;
 use hdr::compress::{
     int8_results_markdown, int8_summary_text, measure, Int8Comparison, MeasureSettings,
     QuantizeConfig, QuantizedModel,
 };
-use hdr::data::BatchConfig;
 use hdr::train::StudyData;
 
 #[derive(Parser)]
@@ -43,12 +42,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let dev = Device::Cpu;
     let data = StudyData::load(a.data.clone(), None)?;
-    let calibration: Vec<Tensor> = data
-        .train
-        .head(a.calibration)
-        .batches(&BatchConfig::eval(128), 0, &dev)?
-        .map(|b| b.map(|b| b.images))
-        .collect::<Result<_, _>>()?;
+    let calibration = hdr::compress::calibration_batches(&data.train, a.calibration)?;
     let settings = MeasureSettings::default();
     let mut rows = Vec::new();
     for spec in &a.models {

@@ -84,7 +84,7 @@ pub use measure::{
     measure, render_markdown, render_text, results_markdown, write_results, Inference,
     Int8Comparison, MeasureSettings, VariantReport,
 };
-pub use model::{LayerError, QuantizeConfig, QuantizedModel};
+pub use model::{calibration_batches, LayerError, QuantizeConfig, QuantizedModel};
 pub use pretrained::{pretrained_int8, pretrained_int8_names};
 pub use prune::{
     fine_tune, magnitude, prunable, prune_iteratively, sparsity_report, FineTuneConfig,

@@ -253,6 +253,19 @@ fn images_per_chunk(batch: usize) -> usize {
         .clamp(1, MOST)
 }
 
+/// The first `n` images of `data` as calibration batches of 128 (`[0, 1]` pixels, on the CPU),
+/// for [`QuantizedModel::quantize`].
+pub fn calibration_batches(data: &hdr_data::Dataset, n: usize) -> Result<Vec<Tensor>> {
+    data.head(n)
+        .batches(
+            &hdr_data::BatchConfig::eval(128),
+            0,
+            &candle_core::Device::Cpu,
+        )?
+        .map(|b| Ok(b?.images))
+        .collect()
+}
+
 /// Runs `graph` in f32, returning every node's value (for calibration).
 fn run_all(graph: &Graph, params: &HashMap<String, Tensor>, x: &Tensor) -> Result<Vec<Tensor>> {
     if let Some(n) = graph.parameters().iter().find(|n| !params.contains_key(*n)) {
