@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use candle_core::Device;
 use clap::Parser;
 use hdr::train::{
-    recipe, teacher_logits, train_and_evaluate, StudyData, StudyOutcome, Teacher, TrainConfig,
+    ensemble_logits, recipe, teacher_logits, train_and_evaluate, StudyData, StudyOutcome, Teacher,
+    TrainConfig,
 };
 
 #[derive(Parser)]
@@ -37,9 +38,15 @@ struct Args {
     /// Markdown page to write the results into (its `study` section; the rest is kept).
     #[arg(long)]
     results: Option<PathBuf>,
-    /// An already-trained teacher file to distil from, instead of the study's own.
+    /// Teachers to distil from, instead of the one the preset names: trained model files
+    /// (`*.safetensors`) or registered names (reused when this study has trained them, else
+    /// trained first). Several teachers form an ensemble: their logits are averaged.
+    #[arg(long, value_delimiter = ',')]
+    teacher: Vec<String>,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) for every
+    /// model, validated and selected instead of the raw weights (default: each recipe's own).
     #[arg(long)]
-    teacher: Option<PathBuf>,
+    ema: Option<f64>,
     /// Run the teacher on every augmented batch instead of caching its logits of the clean
     /// images once (consistent soft targets, at the cost of a teacher forward pass per batch).
     #[arg(long)]
@@ -56,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     let splits = data.splits();
     let started = std::time::Instant::now();
     let mut outcomes: Vec<StudyOutcome> = Vec::new();
-    let mut teacher: Option<StudyOutcome> = None;
+    let mut teachers: Vec<StudyOutcome> = Vec::new();
     for name in &a.models {
         // Declared before `distill`, which borrows it when the teacher runs live.
         let live_teacher: hdr::models::LoadedModel;
@@ -66,45 +73,66 @@ fn main() -> anyhow::Result<()> {
             _ => None,
         };
         let distill = match wants {
-            Some(t) => {
-                let file = if let Some(file) = &a.teacher {
-                    file.clone()
-                } else if let Some(done) = outcomes.iter().find(|o| o.label == t) {
-                    done.file.clone()
+            Some(preset) => {
+                let names = if a.teacher.is_empty() {
+                    vec![preset]
                 } else {
-                    if teacher.is_none() {
+                    a.teacher.clone()
+                };
+                let mut loaded = Vec::new();
+                for t in &names {
+                    let file = if t.ends_with(".safetensors") {
+                        PathBuf::from(t)
+                    } else if let Some(done) =
+                        outcomes.iter().chain(&teachers).find(|o| &o.label == t)
+                    {
+                        done.file.clone()
+                    } else {
                         println!("\n== {t} (teacher)");
-                        let cfg = TrainConfig {
-                            run_dir: Some(a.out_dir.join(&t)),
-                            ..recipe(&t, a.epochs)
+                        let mut cfg = TrainConfig {
+                            run_dir: Some(a.out_dir.join(t)),
+                            ..recipe(t, a.epochs)
                         };
-                        teacher = Some(train_and_evaluate(
-                            &t,
-                            &hdr::models::config(&t)?,
+                        cfg.ema = a.ema.or(cfg.ema);
+                        let outcome = train_and_evaluate(
+                            t,
+                            &hdr::models::config(t)?,
                             splits,
                             &cfg,
                             None,
                             &a.out_dir,
-                        )?);
-                    }
-                    teacher.as_ref().map(|t| t.file.clone()).unwrap_or_default()
-                };
-                let loaded = hdr::models::load(&file, &device)?;
-                println!("distilling from {} ({})", loaded.name, file.display());
+                        )?;
+                        let file = outcome.file.clone();
+                        teachers.push(outcome);
+                        file
+                    };
+                    println!("distilling from {}", file.display());
+                    loaded.push((hdr::models::load(&file, &device)?, file));
+                }
                 if a.live_teacher {
-                    live_teacher = loaded;
+                    anyhow::ensure!(
+                        loaded.len() == 1,
+                        "--live-teacher runs one teacher, {} were given",
+                        loaded.len()
+                    );
+                    live_teacher = loaded.remove(0).0;
                     Some(Teacher::Model(live_teacher.model.as_ref()))
                 } else {
-                    let cache = a.out_dir.join(format!("{t}.train-logits.safetensors"));
-                    let _ = std::fs::remove_file(&cache);
-                    let logits = teacher_logits(
-                        loaded.model.as_ref(),
-                        &data.train,
-                        Default::default(),
-                        Some(&cache),
-                        &device,
-                    )?;
-                    Some(Teacher::Logits(logits))
+                    let mut members = Vec::new();
+                    for (model, file) in &loaded {
+                        let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+                        let cache = a.out_dir.join(format!("{stem}.train-logits.safetensors"));
+                        // A file of the same name may hold another run's teacher.
+                        let _ = std::fs::remove_file(&cache);
+                        members.push(teacher_logits(
+                            model.model.as_ref(),
+                            &data.train,
+                            Default::default(),
+                            Some(&cache),
+                            &device,
+                        )?);
+                    }
+                    Some(Teacher::Logits(ensemble_logits(&members)?))
                 }
             }
             None => None,
@@ -117,10 +145,11 @@ fn main() -> anyhow::Result<()> {
                 ""
             }
         );
-        let cfg = TrainConfig {
+        let mut cfg = TrainConfig {
             run_dir: Some(a.out_dir.join(name)),
             ..recipe(name, a.epochs)
         };
+        cfg.ema = a.ema.or(cfg.ema);
         let outcome =
             train_and_evaluate(name, &config, splits, &cfg, distill.as_ref(), &a.out_dir)?;
         println!(
@@ -129,9 +158,7 @@ fn main() -> anyhow::Result<()> {
         );
         outcomes.push(outcome);
     }
-    if let Some(t) = teacher {
-        outcomes.push(t);
-    }
+    outcomes.extend(teachers);
 
     let elapsed = started.elapsed();
     println!("\n{}", hdr::train::study_table(&outcomes).render_text());

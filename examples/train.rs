@@ -71,6 +71,10 @@ struct Args {
     aux_weight: f32,
     #[arg(long, value_enum, default_value = "affine")]
     augment: Aug,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
+    /// validate, select and save it instead of the raw weights.
+    #[arg(long)]
+    ema: Option<f64>,
     /// Early-stopping patience in epochs (off when absent).
     #[arg(long)]
     patience: Option<usize>,
@@ -173,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         },
         label_smoothing: a.label_smoothing,
         aux_weight: a.aux_weight,
+        ema: a.ema,
         early_stopping: a.patience.map(|patience| EarlyStopping {
             patience,
             min_delta: 0.0,

@@ -20,6 +20,13 @@ pub struct EpochRecord {
     pub val_loss: f64,
     /// Accuracy on the validation split.
     pub val_accuracy: f64,
+    /// Validation loss of the weights' moving average, when training keeps one
+    /// ([`TrainConfig::ema`](crate::TrainConfig::ema)); early stopping then selects on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_val_loss: Option<f64>,
+    /// Validation accuracy of the weights' moving average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_val_accuracy: Option<f64>,
     /// Wall time of the epoch (training and validation).
     pub seconds: f64,
     /// Training images per second.
@@ -31,7 +38,7 @@ pub struct EpochRecord {
 pub struct History {
     /// One record per completed epoch.
     pub epochs: Vec<EpochRecord>,
-    /// The epoch (from 1) with the lowest validation loss.
+    /// The epoch (from 1) with the lowest validation loss (of the moving average, if kept).
     pub best_epoch: Option<usize>,
     /// Whether early stopping ended the run before the last epoch.
     pub stopped_early: bool,
@@ -47,17 +54,20 @@ impl History {
     /// CSV with a header line.
     pub fn to_csv(&self) -> String {
         let mut s = String::from(
-            "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,images_per_second\n",
+            "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,ema_val_loss,ema_val_accuracy,seconds,images_per_second\n",
         );
+        let opt = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.6}"));
         for r in &self.epochs {
             s.push_str(&format!(
-                "{},{:e},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}\n",
+                "{},{:e},{:.6},{:.6},{:.6},{:.6},{},{},{:.3},{:.1}\n",
                 r.epoch,
                 r.lr,
                 r.train_loss,
                 r.train_accuracy,
                 r.val_loss,
                 r.val_accuracy,
+                opt(r.ema_val_loss),
+                opt(r.ema_val_accuracy),
                 r.seconds,
                 r.images_per_second
             ));

@@ -6,7 +6,9 @@
 //! - [`Optimizer`]: Adam (the paper's), AdamW, SGD with momentum; weight decay, gradient clipping.
 //! - [`LrSchedule`]: constant, step, cosine and one-cycle, with warm-up.
 //! - Auxiliary loss (`aux_weight`) and knowledge distillation ([`Teacher`], [`DistillConfig`],
-//!   [`distillation_loss`]); label smoothing.
+//!   [`distillation_loss`], [`ensemble_logits`] for several teachers); label smoothing.
+//! - [`Ema`]: a moving average of the weights, validated and kept instead of the raw weights
+//!   ([`TrainConfig::ema`]).
 //! - [`recipe`]: the study's settings for each registered model; [`train_and_evaluate`]: one
 //!   entry of the comparative study, from configuration to test report.
 //! - Resumable, atomic checkpoints in [`TrainConfig::run_dir`]; same seed, same result.
@@ -32,6 +34,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod ema;
 mod error;
 mod evaluate;
 mod history;
@@ -42,6 +45,7 @@ mod schedule;
 mod study;
 mod trainer;
 
+pub use ema::Ema;
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, loss_and_accuracy, measure_efficiency, predict_logits};
 pub use history::{EpochRecord, History};
@@ -54,5 +58,6 @@ pub use study::{
     write_results_section, Splits, StudyData, StudyOutcome,
 };
 pub use trainer::{
-    fit, teacher_logits, trainable, DistillConfig, EarlyStopping, Teacher, TrainConfig,
+    ensemble_logits, fit, teacher_logits, trainable, DistillConfig, EarlyStopping, Teacher,
+    TrainConfig,
 };

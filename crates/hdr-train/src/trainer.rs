@@ -11,6 +11,7 @@ use hdr_data::{Augment, BatchConfig, Dataset, Normalize};
 use hdr_models::Classifier;
 use serde::{Deserialize, Serialize};
 
+use crate::ema::Ema;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{loss_and_accuracy, predict_logits};
 use crate::history::{write_atomic, EpochRecord, History};
@@ -84,6 +85,9 @@ pub struct TrainConfig {
     pub aux_weight: f32,
     /// Early stopping on the validation loss, restoring the best weights.
     pub early_stopping: Option<EarlyStopping>,
+    /// Decay of an exponential moving average of the weights ([`Ema`]), e.g. 0.999: when set,
+    /// the average is what is validated, selected by early stopping and returned.
+    pub ema: Option<f64>,
     /// Distillation settings, used when a teacher is given.
     pub distill: DistillConfig,
     /// Seed of shuffling, augmentation and dropout.
@@ -116,6 +120,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             aux_weight: 0.3,
             early_stopping: None,
+            ema: None,
             distill: DistillConfig::default(),
             seed: 0,
             augment: None,
@@ -164,6 +169,9 @@ impl TrainConfig {
                 "needs temperature > 0 and alpha in [0, 1]",
             );
         }
+        if let Some(d) = self.ema.filter(|d| !(*d > 0.0 && *d < 1.0)) {
+            return fail("ema", d.to_string(), "the decay must be in (0, 1)");
+        }
         self.optimizer.validate()?;
         self.lr.validate()
     }
@@ -178,6 +186,7 @@ impl TrainConfig {
             "optimizer": self.optimizer,
             "lr": self.lr,
             "augment": format!("{:?}", self.augment),
+            "ema": self.ema,
         })
         .to_string()
     }
@@ -239,12 +248,15 @@ struct CheckpointMeta {
     epochs_without_improvement: usize,
     history: History,
     fingerprint: String,
+    #[serde(default)]
+    ema_updates: u64,
 }
 
 fn save_checkpoint(
     dir: &Path,
     vars: &VarMap,
     opt: &Optimizer,
+    ema: Option<&Ema>,
     meta: &CheckpointMeta,
 ) -> Result<()> {
     let path = dir.join(CHECKPOINT);
@@ -254,6 +266,13 @@ fn save_checkpoint(
         .collect();
     let (state, _) = opt.state()?;
     tensors.extend(state.into_iter().map(|(k, t)| (format!("optim.{k}"), t)));
+    if let Some(ema) = ema {
+        tensors.extend(
+            ema.state()?
+                .into_iter()
+                .map(|(k, t)| (format!("ema.{k}"), t)),
+        );
+    }
     let meta_json = serde_json::to_string(meta).map_err(|e| TrainError::Checkpoint {
         path: path.clone(),
         reason: e.to_string(),
@@ -272,6 +291,7 @@ struct Resumed {
     meta: CheckpointMeta,
     model: Vec<(String, Tensor)>,
     optim: HashMap<String, Tensor>,
+    ema: HashMap<String, Tensor>,
 }
 
 fn load_checkpoint(path: &Path) -> Result<Resumed> {
@@ -292,14 +312,22 @@ fn load_checkpoint(path: &Path) -> Result<Resumed> {
         .map_err(|e| bad(e.to_string()))?;
     let mut model = Vec::new();
     let mut optim = HashMap::new();
+    let mut ema = HashMap::new();
     for (k, t) in tensors {
         if let Some(name) = k.strip_prefix("model.") {
             model.push((name.to_string(), t));
         } else if let Some(name) = k.strip_prefix("optim.") {
             optim.insert(name.to_string(), t);
+        } else if let Some(name) = k.strip_prefix("ema.") {
+            ema.insert(name.to_string(), t);
         }
     }
-    Ok(Resumed { meta, model, optim })
+    Ok(Resumed {
+        meta,
+        model,
+        optim,
+        ema,
+    })
 }
 
 fn progress_bar(show: bool, len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
@@ -353,6 +381,7 @@ pub fn fit(
     let steps_per_epoch = train.batches(&batch_cfg, 0, &cfg.device)?.num_batches();
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut opt = Optimizer::new(&cfg.optimizer, vars)?;
+    let mut ema = cfg.ema.map(|d| Ema::new(d, vars)).transpose()?;
     let fingerprint = cfg.fingerprint(model, train.len());
 
     let mut history = History::default();
@@ -375,6 +404,9 @@ pub fn fit(
             }
             restore(vars, &r.model, &ckpt)?;
             opt.load_state(&r.optim, r.meta.optimizer_steps, &ckpt)?;
+            if let Some(ema) = &mut ema {
+                ema.load_state(&r.ema, r.meta.ema_updates, &ckpt)?;
+            }
             hdr_models::init::set_rng_state(r.meta.dropout_rng);
             start_epoch = r.meta.epochs_done;
             since_best = r.meta.epochs_without_improvement;
@@ -446,6 +478,9 @@ pub fn fit(
                 .lr
                 .lr(epoch * steps_per_epoch + step, total_steps, steps_per_epoch);
             opt.step(&grads, lr)?;
+            if let Some(ema) = &mut ema {
+                ema.update()?;
+            }
 
             let b = batch.indices.len();
             loss_sum += value as f64 * b as f64;
@@ -471,12 +506,31 @@ pub fn fit(
         let train_seconds = started.elapsed().as_secs_f64();
         let (val_loss, val_accuracy) =
             loss_and_accuracy(model, val, cfg.eval_batch_size, cfg.normalize, &cfg.device)?;
+        // From here to the end of the epoch the variables hold the average, if any: it is what
+        // gets validated, selected and saved as the best weights.
+        let ema_val = match &mut ema {
+            Some(ema) => {
+                ema.swap()?;
+                Some(loss_and_accuracy(
+                    model,
+                    val,
+                    cfg.eval_batch_size,
+                    cfg.normalize,
+                    &cfg.device,
+                )?)
+            }
+            None => None,
+        };
         bar.finish_with_message(format!(
-            "loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%",
+            "loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{}",
             loss_sum / seen.max(1) as f64,
             100.0 * correct as f64 / seen.max(1) as f64,
             val_loss,
-            100.0 * val_accuracy
+            100.0 * val_accuracy,
+            ema_val.map_or(String::new(), |(l, a)| format!(
+                " | averaged {l:.4} {:.2}%",
+                100.0 * a
+            ))
         ));
         history.epochs.push(EpochRecord {
             epoch: epoch + 1,
@@ -485,14 +539,17 @@ pub fn fit(
             train_accuracy: correct as f64 / seen.max(1) as f64,
             val_loss,
             val_accuracy,
+            ema_val_loss: ema_val.map(|v| v.0),
+            ema_val_accuracy: ema_val.map(|v| v.1),
             seconds: started.elapsed().as_secs_f64(),
             images_per_second: seen as f64 / train_seconds.max(1e-9),
         });
 
         let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
-        let improved = best.as_ref().is_none_or(|(b, _)| val_loss < b - min_delta);
+        let selected = ema_val.map_or(val_loss, |v| v.0);
+        let improved = best.as_ref().is_none_or(|(b, _)| selected < b - min_delta);
         if improved {
-            best = Some((val_loss, snapshot(vars)?));
+            best = Some((selected, snapshot(vars)?));
             history.best_epoch = Some(epoch + 1);
             since_best = 0;
             if let Some(dir) = &cfg.run_dir {
@@ -500,6 +557,10 @@ pub fn fit(
             }
         } else {
             since_best += 1;
+        }
+        if let Some(ema) = &mut ema {
+            // Back to the raw weights, which training (and the checkpoint) continue from.
+            ema.swap()?;
         }
         if let Some(es) = cfg.early_stopping {
             if since_best > es.patience && epoch + 1 < cfg.epochs {
@@ -516,8 +577,9 @@ pub fn fit(
                 epochs_without_improvement: since_best,
                 history: history.clone(),
                 fingerprint: fingerprint.clone(),
+                ema_updates: ema.as_ref().map_or(0, |e| e.updates()),
             };
-            save_checkpoint(dir, vars, &opt, &meta)?;
+            save_checkpoint(dir, vars, &opt, ema.as_ref(), &meta)?;
             history.save(dir)?;
         }
     }
@@ -526,6 +588,10 @@ pub fn fit(
     if finished && cfg.early_stopping.is_some() {
         if let Some((_, weights)) = &best {
             restore(vars, weights, Path::new("<best weights>"))?;
+        }
+    } else if finished {
+        if let Some(ema) = &mut ema {
+            ema.swap()?;
         }
     }
     Ok(history)
@@ -572,6 +638,33 @@ pub fn teacher_logits(
     Ok(logits)
 }
 
+/// The mean of several teachers' logits `[n, classes]` (see [`teacher_logits`]): an ensemble
+/// teacher, usually more accurate than any of its members, at no cost to the student's training.
+///
+/// Errors with [`TrainError::TeacherShape`] when the members' shapes differ, and with
+/// [`TrainError::InvalidConfig`] when there is no member.
+pub fn ensemble_logits(members: &[Tensor]) -> Result<Tensor> {
+    let Some(first) = members.first() else {
+        return Err(TrainError::InvalidConfig {
+            name: "teachers",
+            value: "[]".into(),
+            reason: "an ensemble needs at least one teacher",
+        });
+    };
+    let mut sum = first.clone();
+    for m in &members[1..] {
+        if m.dims() != first.dims() {
+            return Err(TrainError::TeacherShape {
+                found: m.dims().to_vec(),
+                samples: first.dim(0)?,
+                classes: first.dims().get(1).copied().unwrap_or(0),
+            });
+        }
+        sum = (sum + m)?;
+    }
+    Ok((sum / members.len() as f64)?)
+}
+
 /// Names of the trainable variables (batch-norm statistics excluded).
 pub fn trainable(vars: &VarMap) -> Result<Vec<String>> {
     let mut names: Vec<String> = lock(vars)?
@@ -581,4 +674,32 @@ pub fn trainable(vars: &VarMap) -> Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ensemble_averages_its_members_and_checks_their_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev)?;
+        let b = Tensor::new(&[[3f32, 0.0], [1.0, 8.0]], &dev)?;
+        let mean = ensemble_logits(&[a.clone(), b])?;
+        assert_eq!(mean.to_vec2::<f32>()?, vec![vec![2.0, 1.0], vec![2.0, 6.0]]);
+        assert_eq!(
+            ensemble_logits(std::slice::from_ref(&a))?.to_vec2::<f32>()?,
+            a.to_vec2::<f32>()?
+        );
+        let odd = Tensor::zeros((3, 2), DType::F32, &dev)?;
+        assert!(matches!(
+            ensemble_logits(&[a, odd]),
+            Err(TrainError::TeacherShape { .. })
+        ));
+        assert!(matches!(
+            ensemble_logits(&[]),
+            Err(TrainError::InvalidConfig { .. })
+        ));
+        Ok(())
+    }
 }

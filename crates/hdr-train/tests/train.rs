@@ -79,31 +79,39 @@ fn quick(epochs: usize, run_dir: Option<std::path::PathBuf>) -> TrainConfig {
     }
 }
 
-fn without_timing(h: &hdr_train::History) -> Vec<(usize, f64, f64, f64, f64, f64)> {
+fn without_timing(h: &hdr_train::History) -> Vec<hdr_train::EpochRecord> {
     h.epochs
         .iter()
-        .map(|e| {
-            (
-                e.epoch,
-                e.lr,
-                e.train_loss,
-                e.train_accuracy,
-                e.val_loss,
-                e.val_accuracy,
-            )
+        .map(|e| hdr_train::EpochRecord {
+            seconds: 0.0,
+            images_per_second: 0.0,
+            ..e.clone()
         })
         .collect()
 }
 
 /// A run killed after two epochs and resumed ends exactly like an uninterrupted three-epoch run,
-/// for a model with dropout (mlp1) and one with batch norm and an auxiliary head (mobilenet_hdr).
+/// for a model with dropout (mlp1), one with batch norm and an auxiliary head (mobilenet_hdr),
+/// and one keeping a moving average of its weights (lenet5).
 #[test]
 fn resumed_run_equals_uninterrupted_run() -> anyhow::Result<()> {
     let train = synthetic(320, 1);
     let val = synthetic(100, 2);
-    for name in ["mlp1", "mobilenet_hdr"] {
+    for (name, ema) in [
+        ("mlp1", None),
+        ("mobilenet_hdr", None),
+        ("lenet5", Some(0.9)),
+    ] {
+        let quick = |epochs, dir| TrainConfig {
+            ema,
+            ..quick(epochs, dir)
+        };
         let (m1, v1) = model(name, 5)?;
         let full = fit(m1.as_ref(), &v1, name, &train, &val, &quick(3, None), None)?;
+        assert_eq!(
+            full.epochs.iter().all(|e| e.ema_val_accuracy.is_some()),
+            ema.is_some()
+        );
 
         let dir = tempfile::tempdir()?;
         let (m2, v2) = model(name, 5)?;
