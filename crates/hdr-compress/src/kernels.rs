@@ -688,9 +688,11 @@ fn quantize_loop(x: &[f32], p: Params, out: &mut [u8]) {
 #[inline]
 fn round_shift(x: i64, s: u32) -> i64 {
     // Branch-free: shift the magnitude, then restore the sign (`sign` is 0 or -1).
+    // The magnitude is rounded as a u64: `|x| + 2^(s-1)` can pass i64::MAX (a product of a
+    // 33-bit sum and a 31-bit mantissa, shifted by 62).
     let sign = x >> 63;
-    let mag = (x ^ sign) - sign;
-    (((mag + (1i64 << (s - 1))) >> s) ^ sign) - sign
+    let mag = ((x ^ sign) - sign) as u64;
+    ((((mag + (1u64 << (s - 1))) >> s) as i64) ^ sign) - sign
 }
 
 /// A positive real multiplier as `mantissa * 2^-shift`, mantissa in `[2^30, 2^31)`.
@@ -1697,6 +1699,15 @@ mod tests {
                 gemm_at(isa, &a, m, Rows::Table(&table, 0), stride, group, &packed, &mut got).unwrap();
                 prop_assert_eq!(&got, &want, "{:?}", isa);
             }
+        }
+
+        #[test]
+        fn round_shift_equals_exact_rounding(x in (i64::MIN + 1)..=i64::MAX, s in 1u32..63) {
+            // Half away from zero in 128-bit arithmetic, for every magnitude below 2^63.
+            let (mag, half) = ((x as i128).abs(), 1i128 << (s - 1));
+            let r = (mag + half) >> s;
+            let want = if x < 0 { -r } else { r };
+            prop_assert_eq!(round_shift(x, s) as i128, want);
         }
 
         #[test]
