@@ -52,6 +52,10 @@ struct Args {
     /// Initial Adam learning rate of every fine-tuning run, decayed by cosine to a hundredth.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Keep a moving average of the weights with this decay (e.g. 0.999) over every
+    /// fine-tuning run and use it instead of the last step's weights.
+    #[arg(long)]
+    ema: Option<f64>,
     /// Fine-tune without the random affine augmentation the zoo's models are trained with.
     #[arg(long)]
     no_augment: bool,
@@ -118,6 +122,7 @@ fn main() -> anyhow::Result<()> {
     let calibration = hdr::compress::calibration_batches(&data.train, 512)?;
     let mut tune = FineTuneConfig {
         epochs: a.fine_tune_epochs,
+        ema: a.ema,
         ..FineTuneConfig::with_lr(a.lr)
     };
     if a.no_augment {

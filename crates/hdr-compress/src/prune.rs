@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use hdr_data::{Augment, BatchConfig, Dataset, Normalize, RandomAffine};
 use hdr_models::Classifier;
-use hdr_train::{cross_entropy, LrSchedule, Optimizer, OptimizerConfig, Schedule};
+use hdr_train::{cross_entropy, Ema, LrSchedule, Optimizer, OptimizerConfig, Schedule};
 
 use crate::error::{CompressError, Result};
 
@@ -212,6 +212,10 @@ pub struct FineTuneConfig {
     pub seed: u64,
     /// Input normalisation (the zoo's models use `[0, 1]`).
     pub normalize: Normalize,
+    /// Decay of a moving average of the weights ([`hdr_train::Ema`]) kept over each
+    /// fine-tuning run and left in the variables at its end instead of the last step's
+    /// weights. Pruned weights are zero at every step, so their average stays exactly zero.
+    pub ema: Option<f64>,
 }
 
 impl FineTuneConfig {
@@ -246,12 +250,13 @@ impl FineTuneConfig {
                     final_div,
                 } => pct_start > 0.0 && pct_start < 1.0 && div_factor >= 1.0 && final_div >= 1.0,
             };
-        if self.epochs == 0 || self.batch_size == 0 || !schedule_ok {
+        let ema_ok = self.ema.is_none_or(|d| d > 0.0 && d < 1.0);
+        if self.epochs == 0 || self.batch_size == 0 || !schedule_ok || !ema_ok {
             return Err(CompressError::InvalidConfig {
                 name: "fine-tune",
                 value: format!("{self:?}"),
-                reason: "needs epochs >= 1, batch_size >= 1 and a learning rate > 0 with a valid \
-                         schedule",
+                reason: "needs epochs >= 1, batch_size >= 1, a learning rate > 0 with a valid \
+                         schedule and a moving-average decay (if any) in (0, 1)",
             });
         }
         Ok(())
@@ -273,6 +278,7 @@ impl Default for FineTuneConfig {
             augment: Some(Arc::new(RandomAffine::default())),
             seed: 0,
             normalize: Normalize::UnitRange,
+            ema: None,
         }
     }
 }
@@ -307,6 +313,7 @@ pub(crate) fn train_masked(
     cfg.validate()?;
     let mut opt = Optimizer::new(&OptimizerConfig::default(), vars)?;
     masks.apply(vars)?;
+    let mut ema = cfg.ema.map(|d| Ema::new(d, vars)).transpose()?;
     let bc = BatchConfig {
         batch_size: cfg.batch_size,
         shuffle: true,
@@ -337,10 +344,16 @@ pub(crate) fn train_masked(
                 cfg.lr.lr(epoch * per_epoch + step, total, per_epoch),
             )?;
             masks.apply(vars)?;
+            if let Some(ema) = ema.as_mut() {
+                ema.update()?;
+            }
             sum += loss.to_scalar::<f32>()? as f64;
             n += 1;
         }
         last = sum / n.max(1) as f64;
+    }
+    if let Some(ema) = ema.as_mut() {
+        ema.swap()?;
     }
     Ok(last)
 }

@@ -61,6 +61,8 @@ pub struct StructuredModel {
     name: String,
     graph: Graph,
     vars: VarMap,
+    /// Multiply-accumulates per image (fixed by the shapes): decides where `forward` runs.
+    macs_per_image: u64,
 }
 
 impl std::fmt::Debug for StructuredModel {
@@ -625,13 +627,7 @@ impl StructuredModel {
             remap.push(out.len());
             out.push(new);
         }
-        let graph = Graph { nodes: out };
-        infer(&graph, &new_params)?;
-        Ok(Self {
-            name: name.to_string(),
-            graph,
-            vars: to_vars(new_params)?,
-        })
+        Self::checked(name.to_string(), Graph { nodes: out }, new_params)
     }
 
     /// Name of the model this was derived from.
@@ -654,13 +650,28 @@ impl StructuredModel {
         read_params(&self.vars)
     }
 
+    /// The model after checking that `params` fit `graph` (shapes are inferred end to end).
+    fn checked(name: String, graph: Graph, params: HashMap<String, Tensor>) -> Result<Self> {
+        let shapes = infer(&graph, &params)?;
+        let macs_per_image = count_macs(&graph, &params, &shapes, &HashMap::new())?;
+        Ok(Self {
+            name,
+            graph,
+            vars: to_vars(params)?,
+            macs_per_image,
+        })
+    }
+
     /// Evaluation-mode logits on the graph interpreter; differentiable with respect to
     /// [`StructuredModel::vars`].
     ///
     /// # Shapes
     /// `[batch, 1, 28, 28] -> [batch, 10]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.graph.run(&self.vars, x)?)
+        let batch = x.dims().first().copied().unwrap_or(1) as u64;
+        hdr_ops::in_pool_for(self.macs_per_image * batch, || {
+            Ok(self.graph.run(&self.vars, x)?)
+        })
     }
 
     /// Multiply-accumulates per image (convolutions and linear layers).
@@ -858,13 +869,7 @@ impl StructuredModel {
                 }
             }
         }
-        let graph = Graph { nodes };
-        infer(&graph, &params)?;
-        Ok(Self {
-            name: self.name.clone(),
-            graph,
-            vars: to_vars(params)?,
-        })
+        Self::checked(self.name.clone(), Graph { nodes }, params)
     }
 
     /// Structured pruning to `cfg.macs_fraction` of this model's MACs:
@@ -937,12 +942,7 @@ impl StructuredModel {
         if let Some(n) = graph.parameters().iter().find(|n| !params.contains_key(*n)) {
             return Err(format_err(source, format!("parameter {n} is missing")));
         }
-        infer(&graph, &params)?;
-        Ok(Self {
-            name: get("model")?.to_string(),
-            graph,
-            vars: to_vars(params)?,
-        })
+        Self::checked(get("model")?.to_string(), graph, params)
     }
 }
 

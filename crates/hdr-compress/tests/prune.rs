@@ -55,6 +55,15 @@ fn global_pruning_hits_the_target_overall_and_spares_no_layer_order() {
 
 #[test]
 fn pruned_weights_stay_zero_through_fine_tuning() {
+    masks_survive_fine_tuning(None);
+}
+
+#[test]
+fn pruned_weights_stay_zero_in_the_moving_average() {
+    masks_survive_fine_tuning(Some(0.9));
+}
+
+fn masks_survive_fine_tuning(ema: Option<f64>) {
     let (model, vars) = common::model("lenet5", 3);
     let masks = magnitude(&vars, 0.7, Scope::LayerWise).unwrap();
     let before = prunable(&vars).unwrap();
@@ -73,6 +82,7 @@ fn pruned_weights_stay_zero_through_fine_tuning() {
     let sums: Vec<f32> = before.iter().map(|n| total(n)).collect();
     let cfg = FineTuneConfig {
         batch_size: 32,
+        ema,
         ..FineTuneConfig::default()
     };
     let loss = fine_tune(model.as_ref(), &vars, &masks, &tiny_dataset(128), &cfg).unwrap();
@@ -112,6 +122,10 @@ fn fine_tuning_rejects_bad_settings() {
             ..FineTuneConfig::default()
         },
         FineTuneConfig::with_lr(0.0),
+        FineTuneConfig {
+            ema: Some(1.0),
+            ..FineTuneConfig::default()
+        },
         FineTuneConfig::with_lr(f64::NAN),
         FineTuneConfig {
             lr: LrSchedule {

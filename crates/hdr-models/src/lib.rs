@@ -154,12 +154,17 @@ pub trait Classifier: Send + Sync + std::fmt::Debug {
     /// `[batch, 1, 28, 28] -> [batch, 10]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<ClassifierOutput>;
 
-    /// Evaluation-mode logits.
+    /// Evaluation-mode logits. Unless the batch is small enough for the calling thread, computed
+    /// on rayon's pool ([`hdr_ops::in_pool_for`]: one thread hand-off per call instead of one
+    /// per layer).
     ///
     /// # Shapes
     /// `[batch, 1, 28, 28] -> [batch, 10]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_t(x, false)?.logits)
+        let batch = x.dims().first().copied().unwrap_or(1) as u64;
+        hdr_ops::in_pool_for(self.summary().macs() * batch, || {
+            Ok(self.forward_t(x, false)?.logits)
+        })
     }
 
     /// Evaluation-mode logits and the activation maps after each convolutional stage, in

@@ -8,8 +8,11 @@
 //! (selected at runtime).
 
 use crate::conv::{Activation, ConvGeom};
+use std::mem::MaybeUninit;
+
 use crate::util::{
-    contiguous_cpu, cpu_f32, simd_fn, storage_f32, tensor_from, valid_range, with_scratch,
+    contiguous_cpu, cpu_f32, simd_fn, storage_f32, tensor_from, valid_range, vec_filled_by,
+    with_scratch, zeroed,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -798,12 +801,13 @@ fn flat_fwd_impl<const FMA: bool>(
     w: &[f32],
     bias: &[f32],
     relu: bool,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     buf: &mut [f32],
 ) {
     buf.fill(0.0);
     let hw = f.h * f.w;
     for (i, (yp, xp)) in y.chunks_exact_mut(f.m).zip(x.chunks_exact(hw)).enumerate() {
+        let yp = zeroed(yp);
         let ci = (plane0 + i) % c;
         if f.s2 {
             f.pack_s2(xp, buf);
@@ -829,7 +833,7 @@ fn flat_bwd_impl<const FMA: bool>(
     y: &[f32],
     gy: &[f32],
     relu: bool,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     dw: &mut [f32],
     db: &mut [f32],
     scratch: &mut [f32],
@@ -885,7 +889,7 @@ fn flat_bwd_impl<const FMA: bool>(
                 }
             }
             if need_x {
-                let dxp = &mut dx[plane * hw..][..hw];
+                let dxp = zeroed(&mut dx[plane * hw..][..hw]);
                 if !f.s2 {
                     // The transposed stencil is the forward one with the flipped kernel.
                     let wf: [f32; 9] = std::array::from_fn(|t| wk[8 - t]);
@@ -990,15 +994,15 @@ macro_rules! flat_dispatch {
 
 flat_dispatch!(flat_fwd => flat_fwd_impl(
     f: &Flat, c: usize, plane0: usize, x: &[f32], w: &[f32], bias: &[f32], relu: bool,
-    y: &mut [f32], buf: &mut [f32],
+    y: &mut [MaybeUninit<f32>], buf: &mut [f32],
 ));
 flat_dispatch!(flat_bwd => flat_bwd_impl(
     f: &Flat, c: usize, x: &[f32], w: &[f32], y: &[f32], gy: &[f32], relu: bool,
-    dx: &mut [f32], dw: &mut [f32], db: &mut [f32], scratch: &mut [f32],
+    dx: &mut [MaybeUninit<f32>], dw: &mut [f32], db: &mut [f32], scratch: &mut [f32],
 ));
 
 /// One `Some(chunk)` per item, or all `None` when the buffer is empty (gradient not wanted).
-fn split_opt(v: &mut [f32], chunk: usize, items: usize) -> Vec<Option<&mut [f32]>> {
+fn split_opt<T>(v: &mut [T], chunk: usize, items: usize) -> Vec<Option<&mut [T]>> {
     if v.is_empty() {
         (0..items).map(|_| None).collect()
     } else {
@@ -1033,23 +1037,28 @@ impl CustomOp3 for DepthwiseConv2d {
                 self.name()
             )
         }
-        let mut y = vec![0f32; g.b * g.c_in * n];
         if let Some(f) = Flat::new(g) {
             let pc = flat_planes_per_task(g.b * g.c_in, hw);
             let relu = self.act == Activation::Relu;
-            y.par_chunks_mut(pc * n)
-                .zip(x.par_chunks(pc * hw))
-                .enumerate()
-                .for_each(|(i, (y, x))| {
-                    with_scratch(f.x_len(), 0, |buf, _| {
-                        flat_fwd(&f, g.c_in, i * pc, x, w, bias, relu, y, buf)
-                    })
-                });
+            // SAFETY: `flat_fwd` initialises every plane of its chunk.
+            let y = unsafe {
+                vec_filled_by(g.b * g.c_in * n, |y| {
+                    y.par_chunks_mut(pc * n)
+                        .zip(x.par_chunks(pc * hw))
+                        .enumerate()
+                        .for_each(|(i, (y, x))| {
+                            with_scratch(f.x_len(), 0, |buf, _| {
+                                flat_fwd(&f, g.c_in, i * pc, x, w, bias, relu, y, buf)
+                            })
+                        })
+                })
+            };
             return Ok((
                 CpuStorage::F32(y),
                 Shape::from_dims(&[g.b, g.c_in, g.oh, g.ow]),
             ));
         }
+        let mut y = vec![0f32; g.b * g.c_in * n];
         if use_channel_vectors(g) {
             let wt = CvCtx::interleave(w, g.c_in, kk);
             let bt = CvCtx::interleave(bias, g.c_in, 1);
@@ -1140,35 +1149,47 @@ impl CustomOp3 for DepthwiseConv2d {
         };
         let mut dw_parts = vec![0f32; if need_w { parts * kk } else { 0 }];
         let mut db_parts = vec![0f32; if need_b { parts } else { 0 }];
-        let mut dx = vec![0f32; if need_x { planes * hw } else { 0 }];
+        let dx_len = if need_x { planes * hw } else { 0 };
+        let mut dx: Vec<f32>;
         if let Some(f) = flat {
             let relu = self.act == Activation::Relu;
             let slen = flat_bwd_scratch_len(&f);
             let tasks = g.b.div_ceil(ib);
-            split_opt(&mut dx, ib * c * hw, tasks)
-                .into_par_iter()
-                .zip(split_opt(&mut dw_parts, c * kk, tasks))
-                .zip(split_opt(&mut db_parts, c, tasks))
-                .enumerate()
-                .for_each(|(k, ((dx, dw), db))| {
-                    let (b0, b1) = (k * ib, ((k + 1) * ib).min(g.b));
-                    with_scratch(slen, 0, |scratch, _| {
-                        flat_bwd(
-                            &f,
-                            c,
-                            &xd[b0 * c * hw..b1 * c * hw],
-                            wd,
-                            &yd[b0 * c * n..b1 * c * n],
-                            &gd[b0 * c * n..b1 * c * n],
-                            relu,
-                            dx.unwrap_or_default(),
-                            dw.unwrap_or_default(),
-                            db.unwrap_or_default(),
-                            scratch,
-                        )
-                    });
+            // The input gradient is written plane by plane, never read: no zeroed buffer.
+            let mut dx_buf: Vec<f32> = Vec::with_capacity(dx_len);
+            split_opt(
+                &mut dx_buf.spare_capacity_mut()[..dx_len],
+                ib * c * hw,
+                tasks,
+            )
+            .into_par_iter()
+            .zip(split_opt(&mut dw_parts, c * kk, tasks))
+            .zip(split_opt(&mut db_parts, c, tasks))
+            .enumerate()
+            .for_each(|(k, ((dx, dw), db))| {
+                let (b0, b1) = (k * ib, ((k + 1) * ib).min(g.b));
+                with_scratch(slen, 0, |scratch, _| {
+                    flat_bwd(
+                        &f,
+                        c,
+                        &xd[b0 * c * hw..b1 * c * hw],
+                        wd,
+                        &yd[b0 * c * n..b1 * c * n],
+                        &gd[b0 * c * n..b1 * c * n],
+                        relu,
+                        dx.unwrap_or_default(),
+                        dw.unwrap_or_default(),
+                        db.unwrap_or_default(),
+                        scratch,
+                    )
                 });
+            });
+            // SAFETY: `flat_bwd` wrote every plane of every task's images (when `need_x`;
+            // otherwise the length is 0).
+            unsafe { dx_buf.set_len(dx_len) };
+            dx = dx_buf;
         } else if use_channel_vectors(g) {
+            dx = vec![0f32; dx_len];
             let wt = CvCtx::interleave(wd, c, kk);
             let ctx = CvCtx {
                 g,
@@ -1197,6 +1218,7 @@ impl CustomOp3 for DepthwiseConv2d {
                     });
                 });
         } else {
+            dx = vec![0f32; dx_len];
             let dw_chunks = split_opt(&mut dw_parts, kk, planes);
             let db_chunks = split_opt(&mut db_parts, 1, planes);
             let dx_chunks = split_opt(&mut dx, hw, planes);
@@ -1401,7 +1423,13 @@ mod tests {
                     let wt: Vec<f32> = (0..c * 9).map(|i| val(i, 2)).collect();
                     let gy: Vec<f32> = (0..b * c * n).map(|i| val(i, 3)).collect();
                     let (y_ref, dx_ref, dw_ref, db_ref) = naive_3x3(&g, &x, &wt, &gy);
-                    let mut y = vec![f32::NAN; b * c * n];
+                    // Outputs start as NaN (through `MaybeUninit`, as the op passes them).
+                    let nans = |len: usize| vec![MaybeUninit::new(f32::NAN); len];
+                    // SAFETY: every element was initialised (to NaN, or by the kernels).
+                    let read = |v: Vec<MaybeUninit<f32>>| -> Vec<f32> {
+                        v.into_iter().map(|e| unsafe { e.assume_init() }).collect()
+                    };
+                    let mut y = nans(b * c * n);
                     let mut buf = vec![f32::NAN; f.x_len()];
                     // Two tasks of planes, the second starting mid-image.
                     let split = 4;
@@ -1410,8 +1438,9 @@ mod tests {
                     let zb = vec![0f32; c];
                     flat_fwd(&f, c, 0, x0, &wt, &zb, false, y0, &mut buf);
                     flat_fwd(&f, c, split, x1, &wt, &zb, false, y1, &mut buf);
+                    let y = read(y);
                     close(&format!("y s{s} {h}x{w}"), &y, &y_ref);
-                    let mut dx = vec![f32::NAN; b * c * hw];
+                    let mut dx = nans(b * c * hw);
                     let mut dw = vec![0f32; c * 9];
                     let mut db = vec![0f32; c];
                     let mut scratch = vec![f32::NAN; flat_bwd_scratch_len(&f)];
@@ -1429,7 +1458,7 @@ mod tests {
                         &mut db,
                         &mut scratch,
                     );
-                    close(&format!("dx s{s} {h}x{w}"), &dx, &dx_ref);
+                    close(&format!("dx s{s} {h}x{w}"), &read(dx), &dx_ref);
                     close(&format!("dw s{s} {h}x{w}"), &dw, &dw_ref);
                     close(&format!("db s{s} {h}x{w}"), &db, &db_ref);
                 }

@@ -55,4 +55,4 @@ pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput};
 pub use conv::{conv2d, Activation, Conv2dConfig};
 pub use error::{OpsError, Result};
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
-pub use util::{setup, tune_allocator};
+pub use util::{in_pool, in_pool_for, setup, tune_allocator, IN_POOL_MIN_MACS};

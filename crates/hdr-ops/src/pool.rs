@@ -2,7 +2,9 @@
 //! `(batch, channel)` planes.
 
 use crate::error::{OpsError, Result};
-use crate::util::{contiguous_cpu, cpu_f32, out_size, storage_f32, tensor_from};
+use crate::util::{
+    contiguous_cpu, cpu_f32, for_each_chunk_pair, out_size, storage_f32, tensor_from, SERIAL_BELOW,
+};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -279,27 +281,25 @@ impl CustomOp1 for MaxPool2d {
         let x = check_input(s, l, g, self.name())?;
         let (hw, n) = (g.h * g.w, g.oh * g.ow);
         let mut y = vec![0f32; g.planes() * n];
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(hw))
-            .for_each(|(y, x)| {
-                if g.is_2x2() {
-                    max2x2_fwd(g, x, y);
-                    return;
-                }
-                for oh in 0..g.oh {
-                    let (h0, h1) = g.window(oh, g.h);
-                    for ow in 0..g.ow {
-                        let (w0, w1) = g.window(ow, g.w);
-                        let mut m = f32::NEG_INFINITY;
-                        for ih in h0..h1 {
-                            for &v in &x[ih * g.w + w0..ih * g.w + w1] {
-                                m = m.max(v);
-                            }
+        for_each_chunk_pair(&mut y, n, x, hw, |y, x| {
+            if g.is_2x2() {
+                max2x2_fwd(g, x, y);
+                return;
+            }
+            for oh in 0..g.oh {
+                let (h0, h1) = g.window(oh, g.h);
+                for ow in 0..g.ow {
+                    let (w0, w1) = g.window(ow, g.w);
+                    let mut m = f32::NEG_INFINITY;
+                    for ih in h0..h1 {
+                        for &v in &x[ih * g.w + w0..ih * g.w + w1] {
+                            m = m.max(v);
                         }
-                        y[oh * g.ow + ow] = m;
                     }
+                    y[oh * g.ow + ow] = m;
                 }
-            });
+            }
+        });
         Ok((
             CpuStorage::F32(y),
             Shape::from_dims(&[g.b, g.c, g.oh, g.ow]),
@@ -346,20 +346,18 @@ impl CustomOp1 for AvgPool2d {
         let (hw, n) = (g.h * g.w, g.oh * g.ow);
         let scale = 1.0 / (g.k * g.k) as f32;
         let mut y = vec![0f32; g.planes() * n];
-        y.par_chunks_mut(n)
-            .zip(x.par_chunks(hw))
-            .for_each(|(y, x)| {
-                for oh in 0..g.oh {
-                    let (h0, h1) = g.window(oh, g.h);
-                    for ow in 0..g.ow {
-                        let (w0, w1) = g.window(ow, g.w);
-                        let sum: f32 = (h0..h1)
-                            .map(|ih| crate::util::sum(&x[ih * g.w + w0..ih * g.w + w1]))
-                            .sum();
-                        y[oh * g.ow + ow] = sum * scale;
-                    }
+        for_each_chunk_pair(&mut y, n, x, hw, |y, x| {
+            for oh in 0..g.oh {
+                let (h0, h1) = g.window(oh, g.h);
+                for ow in 0..g.ow {
+                    let (w0, w1) = g.window(ow, g.w);
+                    let sum: f32 = (h0..h1)
+                        .map(|ih| crate::util::sum(&x[ih * g.w + w0..ih * g.w + w1]))
+                        .sum();
+                    y[oh * g.ow + ow] = sum * scale;
                 }
-            });
+            }
+        });
         Ok((
             CpuStorage::F32(y),
             Shape::from_dims(&[g.b, g.c, g.oh, g.ow]),
@@ -409,10 +407,12 @@ impl CustomOp1 for GlobalAvgPool2d {
         let x = check_input(s, l, g, self.name())?;
         let hw = g.h * g.w;
         let scale = 1.0 / hw as f32;
-        let y: Vec<f32> = x
-            .par_chunks(hw)
-            .map(|p| crate::util::sum(p) * scale)
-            .collect();
+        let mean = |p: &[f32]| crate::util::sum(p) * scale;
+        let y: Vec<f32> = if x.len() < SERIAL_BELOW {
+            x.chunks(hw).map(mean).collect()
+        } else {
+            x.par_chunks(hw).map(mean).collect()
+        };
         Ok((CpuStorage::F32(y), Shape::from_dims(&[g.b, g.c])))
     }
 
