@@ -1,10 +1,11 @@
 //! 2-D convolution: public entry point, configuration, and the im2col + gemm kernel.
 
 use crate::depthwise::DepthwiseConv2d;
+use crate::direct::{self, Direct};
 use crate::error::{OpsError, Result};
 use crate::util::{
-    contiguous_cpu, cpu_f32, gemm_par_all, num_threads, sgemm, sgemm_init, storage_f32,
-    tensor_from, valid_range, with_scratch, Mat,
+    contiguous_cpu, cpu_f32, for_each_chunk_pair, gemm_par_all, num_threads, sgemm, sgemm_init,
+    storage_f32, tensor_from, valid_range, with_scratch, Mat,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -679,6 +680,15 @@ impl CustomOp3 for Conv2dGemm {
         // `y` unused).
         let mut y: Vec<f32> = Vec::with_capacity(g.b * g.out_img());
         let out = &mut y.spare_capacity_mut()[..g.b * g.out_img()];
+        if direct::applies(g) {
+            let d = Direct::new(g, w);
+            for_each_chunk_pair(out, g.out_img(), x, g.in_img(), |y, x| {
+                with_scratch(d.scratch_len(), 0, |s, _| d.image(x, bias, self.act, y, s))
+            });
+            // SAFETY: `Direct::image` wrote every element of every image's chunk.
+            unsafe { y.set_len(g.b * g.out_img()) };
+            return Ok((CpuStorage::F32(y), Shape::from_dims(&g.out_dims())));
+        }
         let threads = num_threads();
         let group = self.group_len();
         if g.b >= threads && threads > 1 {

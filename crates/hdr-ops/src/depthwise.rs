@@ -305,7 +305,7 @@ fn bwd_scratch_len(g: &ConvGeom) -> usize {
 
 /// Whether the AVX2+FMA versions of the plane kernels can run (cached by std).
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
@@ -580,19 +580,19 @@ fn cv_bwd_scratch_len(g: &ConvGeom) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 /// Lanes of the 3x3 kernels: one AVX-512 vector (two AVX2 ones).
-const V: usize = 16;
+pub(crate) const V: usize = 16;
 type Vf = [f32; V];
 
 /// `V` floats of `v` from `at`.
 #[inline(always)]
-fn ld(v: &[f32], at: usize) -> Vf {
+pub(crate) fn ld(v: &[f32], at: usize) -> Vf {
     let s = &v[at..at + V];
     std::array::from_fn(|i| s[i])
 }
 
 /// `acc += w * s`, fused when the build has FMA (`std`'s `mul_add` is a libm call otherwise).
 #[inline(always)]
-fn madd<const FMA: bool>(acc: &mut Vf, w: f32, s: &Vf) {
+pub(crate) fn madd<const FMA: bool>(acc: &mut Vf, w: f32, s: &Vf) {
     for l in 0..V {
         acc[l] = if FMA {
             s[l].mul_add(w, acc[l])
@@ -991,6 +991,8 @@ macro_rules! flat_dispatch {
         }
     };
 }
+
+pub(crate) use flat_dispatch;
 
 flat_dispatch!(flat_fwd => flat_fwd_impl(
     f: &Flat, c: usize, plane0: usize, x: &[f32], w: &[f32], bias: &[f32], relu: bool,

@@ -47,6 +47,7 @@
 mod batch_norm;
 mod conv;
 mod depthwise;
+mod direct;
 mod error;
 mod pool;
 mod util;
