@@ -177,9 +177,10 @@ impl Graph {
         self.evaluate(x, get, false)
     }
 
-    /// The nodes' values in order. With `fuse`, a convolution or batch norm read only by a ReLU
-    /// applies it in the same pass (the kernels have it built in) and stores the activated
-    /// value, which the ReLU node then passes on: right for the output, not for per-node values.
+    /// The nodes' values in order. With `fuse`, a convolution, batch norm or linear layer read
+    /// only by a ReLU applies it in the same pass (the kernels have it built in) and stores the
+    /// activated value, which the ReLU node then passes on: right for the output, not for
+    /// per-node values.
     fn evaluate(
         &self,
         x: &Tensor,
@@ -260,9 +261,7 @@ impl Graph {
                     input,
                     weight,
                     bias,
-                } => arg(*input)?
-                    .matmul(&get(weight)?.t()?)?
-                    .broadcast_add(&get(bias)?)?,
+                } => hdr_ops::linear(arg(*input)?, &get(weight)?, Some(&get(bias)?), act(i))?,
                 Node::Add { a, b } => (arg(*a)? + arg(*b)?)?,
                 Node::Concat { inputs } => {
                     let parts = inputs
@@ -295,7 +294,8 @@ impl Graph {
         Ok(readers)
     }
 
-    /// For each node, whether it is a convolution or batch norm whose only reader is a ReLU.
+    /// For each node, whether it is a convolution, batch norm or linear layer whose only reader
+    /// is a ReLU.
     fn relu_fusions(&self) -> Result<Vec<bool>> {
         let readers = self.readers()?;
         let mut fused = vec![false; self.nodes.len()];
@@ -307,7 +307,7 @@ impl Graph {
             {
                 let fusable = matches!(
                     self.nodes.get(*input),
-                    Some(Node::Conv { .. } | Node::BatchNorm { .. })
+                    Some(Node::Conv { .. } | Node::BatchNorm { .. } | Node::Linear { .. })
                 );
                 if fusable && readers[*input].len() == 1 {
                     fused[*input] = true;

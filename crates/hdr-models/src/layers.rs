@@ -1,7 +1,7 @@
 //! Building blocks shared by the zoo: convolutions on `hdr-ops` kernels, batch norm, linear
 //! layers, pooling, and the shape tracer that produces [`Summary`].
 
-use candle_core::{Module, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::{Init, Linear, VarBuilder};
 use hdr_ops::Conv2dConfig;
 use serde::{Deserialize, Serialize};
@@ -424,10 +424,28 @@ pub(crate) fn linear(t: &mut Tracer, out: usize, vb: VarBuilder<'_>) -> Result<L
     Ok(layer)
 }
 
+/// `layer(x)` for `x` `[batch, in]`, as one `hdr-ops` op (candle-nn's `Linear` takes two).
 pub(crate) fn apply_linear(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    // Models of linear layers only (the MLPs) reach no `hdr-ops` kernel that would do it.
-    hdr_ops::setup();
-    Ok(layer.forward(x)?)
+    Ok(hdr_ops::linear(
+        x,
+        layer.weight(),
+        layer.bias(),
+        hdr_ops::Activation::None,
+    )?)
+}
+
+/// `act(layer(x))`; a ReLU runs inside the layer's op.
+pub(crate) fn apply_linear_act(layer: &Linear, x: &Tensor, act: Activation) -> Result<Tensor> {
+    if act == Activation::Relu {
+        Ok(hdr_ops::linear(
+            x,
+            layer.weight(),
+            layer.bias(),
+            hdr_ops::Activation::Relu,
+        )?)
+    } else {
+        act.apply(&apply_linear(layer, x)?)
+    }
 }
 
 /// Pooling on the `hdr-ops` kernels.

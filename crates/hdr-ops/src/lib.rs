@@ -9,6 +9,8 @@
 //! - [`conv2d`]: im2col + `gemm` (no im2col at all for 1x1 convs), bias and fused ReLU, and a
 //!   direct depthwise kernel when `groups == in_channels == out_channels`; the input gradient is
 //!   skipped when the input does not track gradients;
+//! - [`linear`]: a fully connected layer with bias and optional ReLU as one op (candle takes
+//!   three);
 //! - [`max_pool2d`], [`avg_pool2d`] for any kernel/stride/padding, and [`global_avg_pool2d`];
 //! - [`batch_norm2d`]: training-mode batch norm (+ optional ReLU) as one fused op, and
 //!   [`channel_affine2d`], the per-channel scale + shift (+ ReLU) of evaluation-mode batch norm.
@@ -49,11 +51,13 @@ mod conv;
 mod depthwise;
 mod direct;
 mod error;
+mod linear;
 mod pool;
 mod util;
 
 pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput};
 pub use conv::{conv2d, Activation, Conv2dConfig};
 pub use error::{OpsError, Result};
+pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
 pub use util::{in_pool, in_pool_for, setup, tune_allocator, IN_POOL_MIN_MACS};

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
-    apply_linear, check_input, dropout, linear, pool, Activation, Conv, ConvSpec, Pool, Tracer,
+    apply_linear, apply_linear_act, check_input, dropout, linear, pool, Activation, Conv, ConvSpec,
+    Pool, Tracer,
 };
 use crate::summary::Summary;
 use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
@@ -120,9 +121,9 @@ impl LeNet5 {
         let h = self.conv_act(&self.c3, &h)?;
         let h = probe.tap("c3", h)?;
         let h = pool(&h, self.cfg.pool, 2, 2, 0)?;
-        let h = act.apply(&apply_linear(&self.f5, &h.flatten_from(1)?)?)?;
+        let h = apply_linear_act(&self.f5, &h.flatten_from(1)?, act)?;
         let h = dropout(&h, self.cfg.dropout, train)?;
-        let h = act.apply(&apply_linear(&self.f6, &h)?)?;
+        let h = apply_linear_act(&self.f6, &h, act)?;
         let h = dropout(&h, self.cfg.dropout, train)?;
         Ok(ClassifierOutput::main(apply_linear(&self.out, &h)?))
     }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, GraphBuilder, Node};
-use crate::layers::{apply_linear, check_input, dropout, linear, Activation, Tracer};
+use crate::layers::{
+    apply_linear, apply_linear_act, check_input, dropout, linear, Activation, Tracer,
+};
 use crate::summary::Summary;
 use crate::{Classifier, ClassifierOutput, ModelConfig};
 
@@ -108,7 +110,7 @@ impl Classifier for Mlp {
         check_input("mlp", x, 1, 28, 28)?;
         let mut h = x.flatten_from(1)?;
         for layer in &self.hidden {
-            h = self.cfg.activation.apply(&apply_linear(layer, &h)?)?;
+            h = apply_linear_act(layer, &h, self.cfg.activation)?;
             h = dropout(&h, self.cfg.dropout, train)?;
         }
         Ok(ClassifierOutput::main(apply_linear(&self.head, &h)?))
