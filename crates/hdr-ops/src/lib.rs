@@ -22,6 +22,10 @@
 //! the first op sets it to 1 so that candle's own spin-waiting elementwise thread pool does not
 //! compete with rayon's (which runs this crate's kernels) for the cores.
 //!
+//! [`in_pool`] runs a whole evaluation forward pass on rayon's pool, so that its parallel
+//! kernels cost one thread hand-off instead of one each ([`in_pool_for`] keeps small work on the
+//! calling thread); `hdr-models` calls it in `Classifier::forward`.
+//!
 //! The fast paths cover `f32` tensors on the CPU; other devices and dtypes fall back to candle's
 //! own ops with the same semantics, so a model written against this crate still runs on CUDA or
 //! Metal.
