@@ -7,7 +7,7 @@
 
 use crate::conv::Activation;
 use crate::error::{OpsError, Result};
-use crate::util::{contiguous_cpu, cpu_f32, simd_fn, storage_f32, tensor_from, vec_filled_by};
+use crate::util::{cpu_f32, cpu_slices, simd_fn, tensor_from, vec_filled_by};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -254,20 +254,12 @@ impl CustomOp3 for ChannelAffine {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [b, c, hw] = self.dims;
         let name = self.name();
-        let (xt, st, rt, dyt) = (
-            contiguous_cpu(x)?,
-            contiguous_cpu(scale)?,
-            contiguous_cpu(res)?,
-            contiguous_cpu(grad)?,
+        cpu_slices!(name;
+            xd = x,
+            sd = scale,
+            yd = res,
+            dy = grad,
         );
-        let (xs, xl) = xt.storage_and_layout();
-        let (ss, sl) = st.storage_and_layout();
-        let (rs, rl) = rt.storage_and_layout();
-        let (ds, dl) = dyt.storage_and_layout();
-        let xd = storage_f32(&xs, xl, name)?;
-        let sd = storage_f32(&ss, sl, name)?;
-        let yd = storage_f32(&rs, rl, name)?;
-        let dy = storage_f32(&ds, dl, name)?;
         let len = b * c * hw;
         if xd.len() != len || yd.len() != len || dy.len() != len || sd.len() != c {
             bail!("{name}: gradient does not match the input shape")
@@ -636,20 +628,12 @@ impl CustomOp3 for BatchNorm2d {
         let Some(stats) = self.stats.get() else {
             bail!("{name}: backward called before forward")
         };
-        let (xt, gt, rt, dyt) = (
-            contiguous_cpu(x)?,
-            contiguous_cpu(gamma)?,
-            contiguous_cpu(res)?,
-            contiguous_cpu(grad)?,
+        cpu_slices!(name;
+            xd = x,
+            gd = gamma,
+            yd = res,
+            dy = grad,
         );
-        let (xs, xl) = xt.storage_and_layout();
-        let (gs, gl) = gt.storage_and_layout();
-        let (rs, rl) = rt.storage_and_layout();
-        let (ds, dl) = dyt.storage_and_layout();
-        let xd = storage_f32(&xs, xl, name)?;
-        let gd = storage_f32(&gs, gl, name)?;
-        let yd = storage_f32(&rs, rl, name)?;
-        let dy = storage_f32(&ds, dl, name)?;
         let len = b * c * hw;
         if xd.len() != len || yd.len() != len || dy.len() != len || gd.len() != c {
             bail!("{name}: gradient does not match the input shape")

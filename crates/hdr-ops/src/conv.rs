@@ -4,8 +4,8 @@ use crate::depthwise::DepthwiseConv2d;
 use crate::direct::{self, Direct};
 use crate::error::{OpsError, Result};
 use crate::util::{
-    contiguous_cpu, cpu_f32, for_each_chunk_pair, gemm_par_all, num_threads, sgemm, sgemm_init,
-    storage_f32, tensor_from, valid_range, with_scratch, Mat,
+    cpu_f32, cpu_slices, for_each_chunk_pair, gemm_par_all, num_threads, sgemm, sgemm_init,
+    tensor_from, valid_range, with_scratch, Mat,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -726,20 +726,12 @@ impl CustomOp3 for Conv2dGemm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let name = self.name();
-        let (xt, wt, rt, gt) = (
-            contiguous_cpu(x)?,
-            contiguous_cpu(w)?,
-            contiguous_cpu(res)?,
-            contiguous_cpu(grad)?,
+        cpu_slices!(name;
+            xd = x,
+            wd = w,
+            yd = res,
+            gd = grad,
         );
-        let (xs, xl) = xt.storage_and_layout();
-        let (ws, wl) = wt.storage_and_layout();
-        let (rs, rl) = rt.storage_and_layout();
-        let (gs, gl) = gt.storage_and_layout();
-        let xd = storage_f32(&xs, xl, name)?;
-        let wd = storage_f32(&ws, wl, name)?;
-        let yd = storage_f32(&rs, rl, name)?;
-        let gd = storage_f32(&gs, gl, name)?;
         if gd.len() != g.b * g.out_img() || yd.len() != gd.len() {
             bail!("{name}: gradient does not match the output shape")
         }

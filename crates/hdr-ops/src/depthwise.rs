@@ -11,8 +11,7 @@ use crate::conv::{Activation, ConvGeom};
 use std::mem::MaybeUninit;
 
 use crate::util::{
-    contiguous_cpu, cpu_f32, simd_fn, storage_f32, tensor_from, valid_range, vec_filled_by,
-    with_scratch, zeroed,
+    cpu_f32, cpu_slices, simd_fn, tensor_from, valid_range, vec_filled_by, with_scratch, zeroed,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -1114,20 +1113,12 @@ impl CustomOp3 for DepthwiseConv2d {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let name = self.name();
-        let (xt, wt, rt, gt) = (
-            contiguous_cpu(x)?,
-            contiguous_cpu(w)?,
-            contiguous_cpu(res)?,
-            contiguous_cpu(grad)?,
+        cpu_slices!(name;
+            xd = x,
+            wd = w,
+            yd = res,
+            gd = grad,
         );
-        let (xs, xl) = xt.storage_and_layout();
-        let (ws, wl) = wt.storage_and_layout();
-        let (rs, rl) = rt.storage_and_layout();
-        let (gs, gl) = gt.storage_and_layout();
-        let xd = storage_f32(&xs, xl, name)?;
-        let wd = storage_f32(&ws, wl, name)?;
-        let yd = storage_f32(&rs, rl, name)?;
-        let gd = storage_f32(&gs, gl, name)?;
         let (hw, n, kk, c) = (g.h * g.w, g.n(), g.kh * g.kw, g.c_in);
         if gd.len() != g.b * c * n
             || yd.len() != gd.len()

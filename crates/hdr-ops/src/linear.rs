@@ -11,9 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use crate::conv::Activation;
 use crate::error::{OpsError, Result};
-use crate::util::{
-    contiguous_cpu, cpu_f32, gemm_par_all, sgemm, sgemm_init, storage_f32, tensor_from, Mat,
-};
+use crate::util::{cpu_f32, cpu_slices, gemm_par_all, sgemm, sgemm_init, tensor_from, Mat};
 
 /// `act(x · wᵀ + b)` for `x` `[batch, in]`, `w` `[out, in]` (PyTorch's and candle-nn's
 /// layout), `b` `[out]`.
@@ -158,21 +156,11 @@ impl CustomOp3 for Linear {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, k, n) = (self.batch, self.k, self.n);
         let name = self.name();
-        let (xt, wt, rt, gt) = (
-            contiguous_cpu(x)?,
-            contiguous_cpu(w)?,
-            contiguous_cpu(res)?,
-            contiguous_cpu(grad)?,
-        );
-        let (xs, xl) = xt.storage_and_layout();
-        let (ws, wl) = wt.storage_and_layout();
-        let (rs, rl) = rt.storage_and_layout();
-        let (gs, gl) = gt.storage_and_layout();
-        let (xd, wd, yd, gd) = (
-            storage_f32(&xs, xl, name)?,
-            storage_f32(&ws, wl, name)?,
-            storage_f32(&rs, rl, name)?,
-            storage_f32(&gs, gl, name)?,
+        cpu_slices!(name;
+            xd = x,
+            wd = w,
+            yd = res,
+            gd = grad,
         );
         if gd.len() != b * n || yd.len() != b * n || xd.len() != b * k || wd.len() != n * k {
             bail!("{name}: gradient does not match the output shape")

@@ -2,9 +2,7 @@
 //! `(batch, channel)` planes.
 
 use crate::error::{OpsError, Result};
-use crate::util::{
-    contiguous_cpu, cpu_f32, for_each_chunk_pair, out_size, storage_f32, tensor_from, SERIAL_BELOW,
-};
+use crate::util::{cpu_f32, for_each_chunk_pair, out_size, tensor_from, SERIAL_BELOW};
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -211,12 +209,7 @@ fn pad_value(x: &Tensor, p: usize, v: f32) -> Result<Tensor> {
 /// Reads the input, gradient and checks lengths; shared by the pooling `bwd`s.
 macro_rules! bwd_inputs {
     ($self:ident, $g:ident, $arg:ident, $grad:ident, $xd:ident, $gd:ident, $out_len:expr) => {
-        let xt = contiguous_cpu($arg)?;
-        let gt = contiguous_cpu($grad)?;
-        let (xs, xl) = xt.storage_and_layout();
-        let (gs, gl) = gt.storage_and_layout();
-        let $xd = storage_f32(&xs, xl, $self.name())?;
-        let $gd = storage_f32(&gs, gl, $self.name())?;
+        crate::util::cpu_slices!($self.name(); $xd = $arg, $gd = $grad);
         if $xd.len() != $g.planes() * $g.h * $g.w || $gd.len() != $out_len {
             bail!("{}: gradient does not match the output shape", $self.name())
         }

@@ -399,6 +399,18 @@ pub(crate) fn cpu_f32<'a>(
     }
 }
 
+/// `cpu_slices!(op; a = t1, b = t2)` binds `a`, `b` to the contiguous `f32` data of the CPU
+/// tensors `t1`, `t2` for the rest of the enclosing scope (their storage guards live alongside,
+/// under the same shadowed names): the preamble of every backward pass.
+macro_rules! cpu_slices {
+    ($op:expr; $($name:ident = $t:expr),+ $(,)?) => {
+        $( let $name = $crate::util::contiguous_cpu($t)?; )+
+        $( let $name = $name.storage_and_layout(); )+
+        $( let $name = $crate::util::storage_f32(&$name.0, $name.1, $op)?; )+
+    };
+}
+pub(crate) use cpu_slices;
+
 /// Same as [`cpu_f32`] for a `Storage` obtained from `Tensor::storage_and_layout`.
 pub(crate) fn storage_f32<'a>(
     s: &'a Storage,
