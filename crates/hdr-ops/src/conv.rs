@@ -4,8 +4,8 @@ use crate::depthwise::DepthwiseConv2d;
 use crate::direct::{self, Direct};
 use crate::error::{OpsError, Result};
 use crate::util::{
-    cpu_f32, cpu_slices, for_each_chunk_pair, gemm_par_all, num_threads, sgemm, sgemm_init,
-    tensor_from, valid_range, with_scratch, Mat,
+    check_params, cpu_f32, cpu_slices, for_each_chunk_pair, gemm_par_all, num_threads, sgemm,
+    sgemm_init, tensor_from, valid_range, with_scratch, Mat,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -128,29 +128,7 @@ fn validate(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> R
             found: w.dims().to_vec(),
         });
     }
-    if let Some(b) = b {
-        if b.dims() != [c_out] {
-            return Err(OpsError::ShapeMismatch {
-                op: OP,
-                expected: format!("bias [{c_out}]"),
-                found: b.dims().to_vec(),
-            });
-        }
-        if b.dtype() != x.dtype() {
-            return Err(OpsError::DTypeMismatch {
-                op: OP,
-                lhs: x.dtype(),
-                rhs: b.dtype(),
-            });
-        }
-    }
-    if w.dtype() != x.dtype() {
-        return Err(OpsError::DTypeMismatch {
-            op: OP,
-            lhs: x.dtype(),
-            rhs: w.dtype(),
-        });
-    }
+    check_params(OP, x, w, b, c_out)?;
     let too_small = || {
         invalid(format!(
             "kernel {kh}x{kw} larger than padded input {}x{}",

@@ -11,7 +11,9 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use crate::conv::Activation;
 use crate::error::{OpsError, Result};
-use crate::util::{cpu_f32, cpu_slices, gemm_par_all, sgemm, sgemm_init, tensor_from, Mat};
+use crate::util::{
+    check_params, cpu_f32, cpu_slices, gemm_par_all, sgemm, sgemm_init, tensor_from, Mat,
+};
 
 /// `act(x · wᵀ + b)` for `x` `[batch, in]`, `w` `[out, in]` (PyTorch's and candle-nn's
 /// layout), `b` `[out]`.
@@ -55,24 +57,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
             })
         }
     };
-    if let Some(b) = b {
-        if b.dims() != [n] {
-            return Err(OpsError::ShapeMismatch {
-                op: OP,
-                expected: format!("[{n}] bias"),
-                found: b.dims().to_vec(),
-            });
-        }
-    }
-    for t in std::iter::once(w).chain(b) {
-        if t.dtype() != x.dtype() {
-            return Err(OpsError::DTypeMismatch {
-                op: OP,
-                lhs: x.dtype(),
-                rhs: t.dtype(),
-            });
-        }
-    }
+    check_params(OP, x, w, b, n)?;
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         // candle's own ops elsewhere (CUDA, Metal, other dtypes).
         let mut y = x.matmul(&w.t()?)?;

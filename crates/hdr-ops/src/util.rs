@@ -399,6 +399,36 @@ pub(crate) fn cpu_f32<'a>(
     }
 }
 
+/// Checks an optional bias of `n` values and the weights against the input's dtype: the
+/// validation every layer with weights and a bias shares.
+pub(crate) fn check_params(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    n: usize,
+) -> crate::Result<()> {
+    if let Some(b) = b {
+        if b.dims() != [n] {
+            return Err(crate::OpsError::ShapeMismatch {
+                op,
+                expected: format!("bias [{n}]"),
+                found: b.dims().to_vec(),
+            });
+        }
+    }
+    for t in std::iter::once(w).chain(b) {
+        if t.dtype() != x.dtype() {
+            return Err(crate::OpsError::DTypeMismatch {
+                op,
+                lhs: x.dtype(),
+                rhs: t.dtype(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `cpu_slices!(op; a = t1, b = t2)` binds `a`, `b` to the contiguous `f32` data of the CPU
 /// tensors `t1`, `t2` for the rest of the enclosing scope (their storage guards live alongside,
 /// under the same shadowed names): the preamble of every backward pass.
