@@ -42,6 +42,12 @@ pub trait Augment: Send + Sync + std::fmt::Debug {
     /// Both are `height * width` row-major intensities in `[0, 1]` (0 = background) and never
     /// alias; `dst` must come out in `[0, 1]` too.
     fn apply(&self, src: &[f32], dst: &mut [f32], width: usize, height: usize, rng: &mut Rng);
+
+    /// Checks the transform's parameters; [`crate::Dataset::batches`] calls it so that a bad
+    /// setting is an error up front instead of being clamped silently on every image.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// `x` clamped into `[0, 1]`; NaN becomes background rather than leaking into a batch.
@@ -378,6 +384,10 @@ impl Augment for RandomAffine {
     fn apply(&self, src: &[f32], dst: &mut [f32], width: usize, height: usize, rng: &mut Rng) {
         self.sample(rng).warp(src, dst, width, height);
     }
+
+    fn validate(&self) -> Result<()> {
+        RandomAffine::validate(self)
+    }
 }
 
 /// Elastic distortion (Simard, Steinkraus & Platt 2003): every pixel is displaced by a random
@@ -546,6 +556,10 @@ thread_local! {
 }
 
 impl Augment for ElasticDistortion {
+    fn validate(&self) -> Result<()> {
+        ElasticDistortion::validate(self)
+    }
+
     fn apply(&self, src: &[f32], dst: &mut [f32], width: usize, height: usize, rng: &mut Rng) {
         if !sizes_ok(src, dst, width, height) {
             return;
@@ -621,6 +635,10 @@ impl Compose {
 }
 
 impl Augment for Compose {
+    fn validate(&self) -> Result<()> {
+        self.steps.iter().try_for_each(|s| s.validate())
+    }
+
     fn apply(&self, src: &[f32], dst: &mut [f32], width: usize, height: usize, rng: &mut Rng) {
         if !sizes_ok(src, dst, width, height) {
             return;

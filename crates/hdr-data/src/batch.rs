@@ -194,6 +194,9 @@ impl Dataset {
                 reason: "must be at least 1",
             });
         }
+        if let Some(a) = &cfg.augment {
+            a.validate()?;
+        }
         Ok(Batches {
             data: self,
             cfg,
@@ -338,5 +341,42 @@ mod tests {
             ..Default::default()
         };
         assert!(toy(5).batches(&cfg, 0, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn bad_augmentation_settings_are_an_error_not_clamped() {
+        use crate::{Compose, ElasticDistortion, RandomAffine};
+        let bad_affine = RandomAffine {
+            min_scale: -1.0,
+            ..Default::default()
+        };
+        let bad_elastic = ElasticDistortion {
+            alpha: f32::NAN,
+            ..Default::default()
+        };
+        let nested = Compose::default()
+            .then(RandomAffine::default())
+            .then(bad_elastic.clone());
+        let cases: [Arc<dyn Augment>; 3] = [
+            Arc::new(bad_affine),
+            Arc::new(bad_elastic),
+            Arc::new(nested),
+        ];
+        for augment in cases {
+            let cfg = BatchConfig {
+                augment: Some(augment.clone()),
+                ..Default::default()
+            };
+            let err = toy(5).batches(&cfg, 0, &Device::Cpu).err();
+            assert!(
+                matches!(err, Some(DataError::InvalidParameter { .. })),
+                "{augment:?}: {err:?}"
+            );
+        }
+        let good = BatchConfig {
+            augment: Some(Arc::new(Compose::affine_elastic())),
+            ..Default::default()
+        };
+        assert!(toy(5).batches(&good, 0, &Device::Cpu).is_ok());
     }
 }

@@ -198,6 +198,10 @@ pub fn to_unit_f32(pixels: &[u8]) -> Vec<f32> {
     pixels.iter().map(|&p| f32::from(p) / 255.0).collect()
 }
 
+/// Longest over shortest side beyond which an image is refused (a strip of a few digits is
+/// well under 10).
+const MAX_ASPECT_RATIO: u32 = 1000;
+
 pub(crate) fn check_size(
     width: u32,
     height: u32,
@@ -208,6 +212,8 @@ pub(crate) fn check_size(
         Some("width and height must be at least 1")
     } else if u64::from(width) * u64::from(height) > cfg.max_pixels {
         Some("more pixels than PreprocessConfig::max_pixels")
+    } else if width.max(height) / width.min(height) > MAX_ASPECT_RATIO {
+        Some("one side is more than 1000 times the other: not a picture of digits")
     } else {
         None
     };

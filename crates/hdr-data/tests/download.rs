@@ -79,6 +79,46 @@ fn good_file_is_written_whole() -> anyhow::Result<()> {
 }
 
 #[test]
+fn sha256_alone_verifies_a_file() -> anyhow::Result<()> {
+    // Mirrors publish either checksum: a file whose md5s are unknown passes on its sha256.
+    let (file, _, gz) = toy();
+    let zeros = "00000000000000000000000000000000";
+    let by_sha = MnistFile {
+        gz_md5: zeros,
+        raw_md5: zeros,
+        gz_sha256: leak(hex(&sha2::Sha256::digest(&gz))),
+        ..file
+    };
+    let server = Server::start(routes(&[(
+        "/toy-labels-idx1-ubyte.gz",
+        Reply::Ok(gz.clone()),
+    )]));
+    let dir = tempfile::tempdir()?;
+    let path = download(
+        &by_sha,
+        std::slice::from_ref(&server.base),
+        dir.path(),
+        false,
+    )?;
+    assert_eq!(std::fs::read(&path)?, gz);
+    // And with neither checksum matching, the same bytes are refused.
+    let neither = MnistFile {
+        gz_sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+        ..by_sha
+    };
+    let dir = tempfile::tempdir()?;
+    assert!(download(
+        &neither,
+        std::slice::from_ref(&server.base),
+        dir.path(),
+        false
+    )
+    .is_err());
+    assert!(leftovers(dir.path()).is_empty());
+    Ok(())
+}
+
+#[test]
 fn recompressed_copy_of_the_same_content_is_accepted() -> anyhow::Result<()> {
     let (file, raw, gz) = toy();
     let other = gzip(&raw, 1);

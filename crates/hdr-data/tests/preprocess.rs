@@ -484,6 +484,22 @@ fn absurd_sizes_are_image_size_errors() -> anyhow::Result<()> {
         let err = preprocess(&img, &PreprocessConfig::default()).unwrap_err();
         assert!(matches!(err, DataError::ImageSize { .. }), "{err:?}");
     }
+    // A 1 x 50M sliver is under the pixel limit but no picture of digits: refused from the
+    // header too.
+    let path = dir.path().join("sliver.png");
+    std::fs::write(&path, png_header_only(50_000_000, 1))?;
+    let err = load_digit(&path, &PreprocessConfig::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::ImageSize {
+                width: 50_000_000,
+                height: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // The limit is configurable, and applies to files and memory alike.
     let small = PreprocessConfig {
         max_pixels: 1_000,

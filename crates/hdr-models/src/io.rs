@@ -114,6 +114,13 @@ pub fn load_bytes(bytes: &[u8], source: &Path, device: &Device) -> Result<Loaded
             ))
         })
     };
+    let format = get("format")?;
+    if format != FORMAT {
+        return Err(meta_err(format!(
+            "format {format:?}, where hdr_models reads {FORMAT:?} (compressed models of \
+             hdr-compress are read by hdr_compress's loaders)"
+        )));
+    }
     let name = get("model")?;
     let config: ModelConfig = serde_json::from_str(&get("config")?)
         .map_err(|e| meta_err(format!("config does not parse: {e}")))?;

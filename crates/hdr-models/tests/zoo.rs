@@ -264,6 +264,48 @@ fn ablation_switches_change_what_they_say() -> anyhow::Result<()> {
         hdr_models::list().contains(&teacher),
         "the teacher {teacher} is registered"
     );
+    let typo = MobileNetHdrConfig {
+        teacher: Some("resnte".into()),
+        ..paper
+    };
+    assert!(matches!(
+        build(&ModelConfig::MobileNetHdr(typo)),
+        Err(e) if e.to_string().contains("resnte") && e.to_string().contains("wide_resnet")
+    ));
+    Ok(())
+}
+
+#[test]
+fn named_presets_have_their_published_sizes() -> anyhow::Result<()> {
+    let params = |c: ModelConfig| -> anyhow::Result<usize> { Ok(build(&c)?.0.summary().params()) };
+    // MobileNet v1 at 10 classes: the width multiplier scales every layer's channels.
+    let v1 = |c: MobileNetConfig| params(ModelConfig::MobileNet(c));
+    assert_eq!(
+        v1(MobileNetConfig::alpha_1_0())?,
+        v1(MobileNetConfig::default())?
+    );
+    let widths = [
+        v1(MobileNetConfig::alpha_1_0())?,
+        v1(MobileNetConfig::alpha_0_75())?,
+        v1(MobileNetConfig::alpha_0_5())?,
+        v1(MobileNetConfig::alpha_0_25())?,
+    ];
+    assert!(widths.windows(2).all(|w| w[0] > w[1]), "{widths:?}");
+    // Dominated by the pointwise weights, which scale with alpha^2.
+    let ratio = widths[0] as f64 / widths[2] as f64;
+    assert!((3.5..4.0).contains(&ratio), "1.0 / 0.5 = {ratio}");
+
+    let dense = |c: DenseNetConfig| params(ModelConfig::DenseNet(c));
+    assert_eq!(dense(DenseNetConfig::small())?, 175_690);
+    assert!(dense(DenseNetConfig::large())? > 1_000_000);
+    // DenseNet-BC-100 (k = 12) has 0.8M parameters in Huang et al.'s Table 2 (CIFAR, 3-channel
+    // input); here the input is grey.
+    let bc100 = dense(DenseNetConfig::bc(100, 12)?)?;
+    assert!((700_000..800_000).contains(&bc100), "{bc100}");
+    assert!(matches!(
+        DenseNetConfig::bc(50, 12),
+        Err(ModelError::InvalidConfig { .. })
+    ));
     Ok(())
 }
 
@@ -313,6 +355,29 @@ fn loading_a_file_that_does_not_fit_names_the_tensor_and_shapes() -> anyhow::Res
             assert_eq!((expected, found), (vec![6], vec![5]));
         }
         e => panic!("expected a shape mismatch, got {e}"),
+    }
+
+    // Another format's file (an int8 model of hdr-compress, say) is refused by its format key.
+    let (_, lenet_vars) = build(&hdr_models::config("lenet5")?)?;
+    let tensors: Vec<(String, Tensor)> = lenet_vars
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let meta = std::collections::HashMap::from([
+        ("format".to_string(), "hdr-compress/int8/1".to_string()),
+        ("model".to_string(), "lenet5".to_string()),
+        (
+            "config".to_string(),
+            serde_json::to_string(&hdr_models::config("lenet5")?)?,
+        ),
+    ]);
+    std::fs::write(&path, safetensors::tensor::serialize(tensors, Some(meta))?)?;
+    match hdr_models::load(&path, &Device::Cpu).unwrap_err() {
+        ModelError::Metadata { reason, .. } => assert!(reason.contains("hdr-compress/int8/1")),
+        e => panic!("expected a metadata error, got {e}"),
     }
 
     std::fs::write(&path, b"definitely not safetensors")?;

@@ -54,6 +54,40 @@ impl Default for DenseNetConfig {
 }
 
 impl DenseNetConfig {
+    /// The zoo's DenseNet-BC for 28x28 ([`Default`]): k = 12, 3 blocks of 6 layers, about
+    /// 176k parameters.
+    pub fn small() -> Self {
+        Self::default()
+    }
+
+    /// A deeper, wider DenseNet-BC: k = 24, 3 blocks of 12 layers, about 1.4M parameters
+    /// (a distillation teacher of the DenseNet family).
+    pub fn large() -> Self {
+        Self {
+            growth: 24,
+            blocks: vec![12, 12, 12],
+            ..Self::default()
+        }
+    }
+
+    /// DenseNet-BC with depth `L` as in Huang et al.'s CIFAR tables (`L = 6n + 4`: three
+    /// blocks of `n` bottleneck layers, e.g. `L = 100, k = 12` is DenseNet-BC-100), sized for
+    /// 28x28 (no stem pooling: blocks at 28x28, 14x14 and 7x7).
+    pub fn bc(depth: usize, growth: usize) -> Result<Self> {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) {
+            return Err(ModelError::InvalidConfig {
+                model: "densenet",
+                reason: format!("DenseNet-BC depth must be 6n + 4 with n >= 1, got {depth}"),
+            });
+        }
+        Ok(Self {
+            growth,
+            blocks: vec![(depth - 4) / 6; 3],
+            stem_pool: false,
+            ..Self::default()
+        })
+    }
+
     fn validate(&self) -> Result<()> {
         let bad = self.growth == 0
             || self.blocks.is_empty()

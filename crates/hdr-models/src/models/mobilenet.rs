@@ -86,11 +86,39 @@ pub struct MobileNetConfig {
 impl Default for MobileNetConfig {
     /// alpha = 1: 32 to 1024 channels, as published.
     fn default() -> Self {
+        Self::with_width(1.0)
+    }
+}
+
+impl MobileNetConfig {
+    /// The network at width multiplier `alpha`, no dropout, 10 classes.
+    pub fn with_width(alpha: f32) -> Self {
         Self {
-            width: 1.0,
+            width: alpha,
             dropout: 0.0,
             classes: 10,
         }
+    }
+
+    /// "1.0 MobileNet-224" of the paper's Table 6 (4.2M parameters at 1000 classes): 32 to
+    /// 1024 channels. The same as [`Default`].
+    pub fn alpha_1_0() -> Self {
+        Self::with_width(1.0)
+    }
+
+    /// "0.75 MobileNet": 24 to 768 channels.
+    pub fn alpha_0_75() -> Self {
+        Self::with_width(0.75)
+    }
+
+    /// "0.5 MobileNet": 16 to 512 channels.
+    pub fn alpha_0_5() -> Self {
+        Self::with_width(0.5)
+    }
+
+    /// "0.25 MobileNet": 8 to 256 channels, the base of [`crate::MobileNetHdrConfig`].
+    pub fn alpha_0_25() -> Self {
+        Self::with_width(0.25)
     }
 }
 

@@ -147,6 +147,10 @@ impl MobileNetHdrConfig {
                 reason: format!("{self:?}"),
             });
         }
+        if let Some(teacher) = &self.teacher {
+            // The name is resolved by the training loop; catch a typo here, at build time.
+            crate::registry::config(teacher)?;
+        }
         Ok(())
     }
 

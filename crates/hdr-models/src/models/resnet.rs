@@ -72,7 +72,8 @@ impl Default for ResNetConfig {
 }
 
 impl ResNetConfig {
-    /// A wide residual network (32-64-128 channels, widening factor 2): the distillation teacher.
+    /// A wide residual network (32-64-128 channels, widening factor 2): a larger
+    /// distillation teacher than [`ResNetConfig::default`] (the study distils from the latter).
     pub fn wide() -> Self {
         Self {
             stem: 32,
