@@ -356,7 +356,7 @@ mod tests {
         };
         let nested = Compose::default()
             .then(RandomAffine::default())
-            .then(bad_elastic.clone());
+            .then(bad_elastic);
         let cases: [Arc<dyn Augment>; 3] = [
             Arc::new(bad_affine),
             Arc::new(bad_elastic),
