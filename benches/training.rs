@@ -3,6 +3,8 @@
 //! Ids: `train_step/<model>/b64`, throughput in images. Compare with
 //! `benches/peers/torch_bench.py` (same architectures, same step).
 //! `cargo bench --bench training`
+//!
+//! Each step runs on rayon's pool, as `hdr_train::fit` runs it.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -32,15 +34,18 @@ fn train_step(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("b{batch}"), |b| {
             b.iter(|| {
-                let out = model.forward_t(&x, true).expect("forward");
-                let mut loss = cross_entropy(&out.logits, &y, 0.0).expect("loss");
-                if let Some(aux) = &out.aux_logits {
-                    loss = (loss
-                        + (cross_entropy(aux, &y, 0.0).expect("aux loss") * 0.3).expect("scale"))
-                    .expect("add");
-                }
-                let grads = loss.backward().expect("backward");
-                black_box(opt.step(&grads, 1e-3).expect("step"))
+                hdr::models::init::in_pool(|| {
+                    let out = model.forward_t(&x, true).expect("forward");
+                    let mut loss = cross_entropy(&out.logits, &y, 0.0).expect("loss");
+                    if let Some(aux) = &out.aux_logits {
+                        loss = (loss
+                            + (cross_entropy(aux, &y, 0.0).expect("aux loss") * 0.3)
+                                .expect("scale"))
+                        .expect("add");
+                    }
+                    let grads = loss.backward().expect("backward");
+                    black_box(opt.step(&grads, 1e-3).expect("step"))
+                })
             })
         });
         group.finish();

@@ -304,7 +304,7 @@ pub fn fine_tune(
 /// The loop of [`fine_tune`] for any differentiable `forward` (training-mode logits) over the
 /// variables `vars`.
 pub(crate) fn train_masked(
-    forward: &dyn Fn(&Tensor) -> Result<Tensor>,
+    forward: &(dyn Fn(&Tensor) -> Result<Tensor> + Sync),
     vars: &VarMap,
     masks: &Masks,
     train: &Dataset,
@@ -336,18 +336,22 @@ pub(crate) fn train_masked(
             .enumerate()
         {
             let batch = batch.map_err(hdr_train::TrainError::from)?;
-            let logits = forward(&batch.images)?;
-            let loss = cross_entropy(&logits, &batch.labels, 0.0)?;
-            let grads = loss.backward()?;
-            opt.step(
-                &grads,
-                cfg.lr.lr(epoch * per_epoch + step, total, per_epoch),
-            )?;
-            masks.apply(vars)?;
-            if let Some(ema) = ema.as_mut() {
-                ema.update()?;
-            }
-            sum += loss.to_scalar::<f32>()? as f64;
+            // On rayon's pool: one thread hand-off per step instead of one per kernel.
+            let loss = hdr_models::init::in_pool(|| -> Result<f32> {
+                let logits = forward(&batch.images)?;
+                let loss = cross_entropy(&logits, &batch.labels, 0.0)?;
+                let grads = loss.backward()?;
+                opt.step(
+                    &grads,
+                    cfg.lr.lr(epoch * per_epoch + step, total, per_epoch),
+                )?;
+                masks.apply(vars)?;
+                if let Some(ema) = ema.as_mut() {
+                    ema.update()?;
+                }
+                Ok(loss.to_scalar::<f32>()?)
+            })?;
+            sum += loss as f64;
             n += 1;
         }
         last = sum / n.max(1) as f64;

@@ -41,6 +41,27 @@ pub fn set_rng_state(state: u64) {
     DROPOUT_STREAM.set(state);
 }
 
+/// Runs `f` on a worker of rayon's pool ([`hdr_ops::in_pool`]: one thread hand-off for a whole
+/// training step instead of one per parallel kernel), carrying this thread's dropout stream
+/// over and back, so that the step draws the same dropout masks whichever worker runs it.
+///
+/// The worker's own stream is put back afterwards: while a step waits inside a parallel
+/// kernel, its worker may run another thread's whole step (work stealing), which must not
+/// move the waiting step's stream.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let before = rng_state();
+    let (r, after) = hdr_ops::in_pool(move || {
+        let interrupted = rng_state();
+        set_rng_state(before);
+        let r = f();
+        let after = rng_state();
+        set_rng_state(interrupted);
+        (r, after)
+    });
+    set_rng_state(after);
+    r
+}
+
 /// Uniform numbers in [0, 1) from a SplitMix64 stream starting at `base`.
 fn uniforms(base: u64, n: usize) -> impl Iterator<Item = f32> {
     (0..n as u64).map(move |i| {
@@ -130,6 +151,25 @@ mod tests {
         assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
         let mean = y.iter().map(|&v| v as f64).sum::<f64>() / 1e5;
         assert!((mean - 1.0).abs() < 0.02);
+        Ok(())
+    }
+
+    #[test]
+    fn in_pool_draws_the_masks_of_the_calling_thread() -> Result<()> {
+        let x = Tensor::ones(1000, candle_core::DType::F32, &Device::Cpu)?;
+        let draw = || -> Result<Vec<f32>> { Ok(dropout(&x, 0.5)?.to_vec1::<f32>()?) };
+        seed(7);
+        let here = [draw()?, draw()?];
+        seed(7);
+        let first = in_pool(draw)?;
+        let second = in_pool(draw)?;
+        assert_eq!([first, second], here);
+        // The caller's stream moved on past both.
+        let third = draw()?;
+        seed(7);
+        draw()?;
+        draw()?;
+        assert_eq!(third, draw()?);
         Ok(())
     }
 

@@ -293,6 +293,20 @@ impl BatchNorm {
         Ok((scale, shift))
     }
 
+    /// Moves the running averages towards the batch statistics of `out` (PyTorch's update,
+    /// with the unbiased variance); returns the normalised tensor.
+    fn update_running(&self, out: hdr_ops::BatchNormOutput) -> Result<Tensor> {
+        let n = out.n as f64;
+        let unbiased = (out.var * (n / (n - 1.0).max(1.0)))?;
+        let rm =
+            ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (out.mean * BN_MOMENTUM)?)?;
+        let rv =
+            ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(out.y)
+    }
+
     pub fn forward_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
         let fused = act.and_then(Activation::fused);
         let y = if train {
@@ -303,15 +317,7 @@ impl BatchNorm {
                 BN_EPS,
                 fused.unwrap_or_default(),
             )?;
-            let n = out.n as f64;
-            let unbiased = (out.var * (n / (n - 1.0).max(1.0)))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))?
-                + (out.mean * BN_MOMENTUM)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))?
-                + (unbiased * BN_MOMENTUM)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            out.y
+            self.update_running(out)?
         } else {
             let (scale, shift) = self.eval_affine()?;
             hdr_ops::channel_affine2d(x, &scale, &shift, fused.unwrap_or_default())?
@@ -364,6 +370,27 @@ impl ConvBn {
         // convolution's weights and bias, saving a pass over the output. Folding costs a pass
         // over the weights, so it is done only when the output is at least as large.
         let out_elems = x.dim(0)? * self.out_per_image;
+        if train && self.conv.bias.is_none() {
+            // One op for both: the convolution's output never becomes a tensor of the graph.
+            let fused = self.act.and_then(Activation::fused);
+            let cfg = Conv2dConfig {
+                activation: fused.unwrap_or_default(),
+                ..self.conv.cfg
+            };
+            let out = hdr_ops::conv_bn2d(
+                x,
+                &self.conv.weight,
+                &self.bn.weight,
+                &self.bn.bias,
+                &cfg,
+                BN_EPS,
+            )?;
+            let y = self.bn.update_running(out)?;
+            return match self.act {
+                Some(a) if fused.is_none() => a.apply(&y),
+                _ => Ok(y),
+            };
+        }
         if train || out_elems < self.conv.weight.elem_count() {
             return self.bn.forward_t(&self.conv.forward(x)?, train, self.act);
         }

@@ -53,22 +53,7 @@ pub fn batch_norm2d(
             })
         }
     };
-    for t in [gamma, beta] {
-        if t.dims() != [c] {
-            return Err(OpsError::ShapeMismatch {
-                op: OP,
-                expected: format!("[{c}]"),
-                found: t.dims().to_vec(),
-            });
-        }
-        if t.dtype() != x.dtype() {
-            return Err(OpsError::DTypeMismatch {
-                op: OP,
-                lhs: x.dtype(),
-                rhs: t.dtype(),
-            });
-        }
-    }
+    check_channel_params(OP, c, x.dtype(), gamma, beta)?;
     let n = b * h * w;
     if n == 0 || !(eps.is_finite() && eps > 0.0) {
         return Err(OpsError::InvalidConfig {
@@ -79,33 +64,39 @@ pub fn batch_norm2d(
     if !(x.device().is_cpu() && x.dtype() == DType::F32) {
         return fallback(x, gamma, beta, eps, activation, n);
     }
-    let stats = Arc::new(OnceLock::new());
-    let op = BatchNorm2d {
-        dims: [b, c, h * w],
-        shape: [b, c, h, w],
-        eps: eps as f32,
-        act: activation,
-        stats: stats.clone(),
-    };
+    // The clone shares the statistics the forward pass records.
+    let op = BatchNorm2d::new([b, c, h, w], eps as f32, activation);
     let y = x
         .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let Some(s) = stats.get() else {
-        return Err(OpsError::Candle(candle_core::Error::Msg(format!(
-            "{OP}: forward did not record statistics"
-        ))));
-    };
-    let var = s
-        .invstd
-        .iter()
-        .map(|is| 1.0 / (is * is) - eps as f32)
-        .collect();
-    Ok(BatchNormOutput {
-        y,
-        mean: tensor_from(s.mean.clone(), &[c])?,
-        var: tensor_from(var, &[c])?,
-        n,
-    })
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op.clone())?;
+    op.output(y)
+}
+
+/// Checks that both per-channel parameters are `[c]` tensors of `dtype`.
+pub(crate) fn check_channel_params(
+    op: &'static str,
+    c: usize,
+    dtype: DType,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<()> {
+    for t in [a, b] {
+        if t.dims() != [c] {
+            return Err(OpsError::ShapeMismatch {
+                op,
+                expected: format!("[{c}]"),
+                found: t.dims().to_vec(),
+            });
+        }
+        if t.dtype() != dtype {
+            return Err(OpsError::DTypeMismatch {
+                op,
+                lhs: dtype,
+                rhs: t.dtype(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Per-channel `act(x * scale + shift)` over `x` `[b, c, h, w]` with `scale`, `shift` `[c]`:
@@ -134,22 +125,7 @@ pub fn channel_affine2d(
             })
         }
     };
-    for t in [scale, shift] {
-        if t.dims() != [c] {
-            return Err(OpsError::ShapeMismatch {
-                op: OP,
-                expected: format!("[{c}]"),
-                found: t.dims().to_vec(),
-            });
-        }
-        if t.dtype() != x.dtype() {
-            return Err(OpsError::DTypeMismatch {
-                op: OP,
-                lhs: x.dtype(),
-                rhs: t.dtype(),
-            });
-        }
-    }
+    check_channel_params(OP, c, x.dtype(), scale, shift)?;
     if !(x.device().is_cpu() && x.dtype() == DType::F32) || b * c * h * w == 0 {
         let y = x
             .broadcast_mul(&scale.reshape((1, c, 1, 1))?)?
@@ -366,12 +342,13 @@ fn fallback(
 
 /// Per-channel statistics recorded by the forward pass and reused by the backward pass.
 #[derive(Debug)]
-struct Stats {
+pub(crate) struct Stats {
     mean: Vec<f32>,
     invstd: Vec<f32>,
 }
 
-struct BatchNorm2d {
+#[derive(Clone)]
+pub(crate) struct BatchNorm2d {
     /// `[b, c, h*w]`.
     dims: [usize; 3],
     /// `[b, c, h, w]`.
@@ -550,27 +527,47 @@ simd_fn! {
     }
 }
 
-impl CustomOp3 for BatchNorm2d {
-    fn name(&self) -> &'static str {
-        "hdr-batch-norm2d"
+impl BatchNorm2d {
+    pub(crate) fn new(shape: [usize; 4], eps: f32, act: Activation) -> Self {
+        let [b, c, h, w] = shape;
+        Self {
+            dims: [b, c, h * w],
+            shape,
+            eps,
+            act,
+            stats: Arc::new(OnceLock::new()),
+        }
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    /// The statistics of the forward pass, once it ran.
+    pub(crate) fn stats(&self) -> Option<&Stats> {
+        self.stats.get()
+    }
+
+    /// `y` and the statistics its forward pass recorded.
+    pub(crate) fn output(&self, y: Tensor) -> Result<BatchNormOutput> {
         let [b, c, hw] = self.dims;
-        let x = cpu_f32(s1, l1, self.name())?;
-        let gamma = cpu_f32(s2, l2, self.name())?;
-        let beta = cpu_f32(s3, l3, self.name())?;
-        if x.len() != b * c * hw || gamma.len() != c || beta.len() != c {
-            bail!("{}: inputs do not match the validated shape", self.name())
-        }
+        let Some(s) = self.stats.get() else {
+            return Err(OpsError::Candle(candle_core::Error::Msg(
+                "batch_norm2d: forward did not record statistics".into(),
+            )));
+        };
+        let var = s
+            .invstd
+            .iter()
+            .map(|is| 1.0 / (is * is) - self.eps)
+            .collect();
+        Ok(BatchNormOutput {
+            y,
+            mean: tensor_from(s.mean.clone(), &[c])?,
+            var: tensor_from(var, &[c])?,
+            n: b * hw,
+        })
+    }
+
+    /// Forward pass over contiguous data of the validated shape; records the statistics.
+    pub(crate) fn forward_slices(&self, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
+        let [b, c, hw] = self.dims;
         let planes = b * c;
         let min_len = plane_batch(hw);
         // Per-plane mean and sum of squared deviations in one pass over memory (the plane is
@@ -612,32 +609,23 @@ impl CustomOp3 for BatchNorm2d {
         let y = unsafe { vec_filled_by(x.len(), fill) };
         // Ignored if already set: an op instance is only ever run forward once.
         let _ = self.stats.set(Stats { mean, invstd });
-        Ok((CpuStorage::F32(y), Shape::from_dims(&self.shape)))
+        y
     }
 
-    fn bwd(
+    /// Backward pass over contiguous data (`xd` the input, `gd` gamma, `yd` the output, `dy`
+    /// its gradient): the input gradient (if `need_dx`) and per channel
+    /// `(dbeta, dgamma) = (sum(dy'), sum(dy' * xhat))`.
+    pub(crate) fn backward_slices(
         &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        stats: &Stats,
+        xd: &[f32],
+        gd: &[f32],
+        yd: &[f32],
+        dy: &[f32],
+        need_dx: bool,
+    ) -> (Option<Vec<f32>>, Vec<(f32, f32)>) {
         let [b, c, hw] = self.dims;
-        let name = self.name();
-        let Some(stats) = self.stats.get() else {
-            bail!("{name}: backward called before forward")
-        };
-        cpu_slices!(name;
-            xd = x,
-            gd = gamma,
-            yd = res,
-            dy = grad,
-        );
         let len = b * c * hw;
-        if xd.len() != len || yd.len() != len || dy.len() != len || gd.len() != c {
-            bail!("{name}: gradient does not match the input shape")
-        }
         let relu = self.act == Activation::Relu;
         let min_len = plane_batch(hw);
         // Per plane: sum(dy') and sum(dy' * (x - mean)), where dy' is dy masked by the ReLU;
@@ -670,15 +658,7 @@ impl CustomOp3 for BatchNorm2d {
                 (s0 as f32, (s1 * f64::from(stats.invstd[ci])) as f32)
             })
             .collect();
-        let dgamma = gamma
-            .track_op()
-            .then(|| tensor_from(sums.iter().map(|s| s.1).collect(), &[c]))
-            .transpose()?;
-        let dbeta = beta
-            .track_op()
-            .then(|| tensor_from(sums.iter().map(|s| s.0).collect(), &[c]))
-            .transpose()?;
-        let dx = if x.track_op() {
+        let dx = if need_dx {
             let n = (b * hw) as f32;
             let fill = |dx: &mut [MaybeUninit<f32>]| {
                 dx.par_chunks_mut(hw)
@@ -703,11 +683,72 @@ impl CustomOp3 for BatchNorm2d {
             };
             // SAFETY: the chunks partition the buffer and `dx_plane` writes every element of
             // its chunk.
-            let dx = unsafe { vec_filled_by(len, fill) };
-            Some(tensor_from(dx, &self.shape)?)
+            Some(unsafe { vec_filled_by(len, fill) })
         } else {
             None
         };
+        (dx, sums)
+    }
+}
+
+impl CustomOp3 for BatchNorm2d {
+    fn name(&self) -> &'static str {
+        "hdr-batch-norm2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [b, c, hw] = self.dims;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let gamma = cpu_f32(s2, l2, self.name())?;
+        let beta = cpu_f32(s3, l3, self.name())?;
+        if x.len() != b * c * hw || gamma.len() != c || beta.len() != c {
+            bail!("{}: inputs do not match the validated shape", self.name())
+        }
+        let y = self.forward_slices(x, gamma, beta);
+        Ok((CpuStorage::F32(y), Shape::from_dims(&self.shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [b, c, hw] = self.dims;
+        let name = self.name();
+        let Some(stats) = self.stats.get() else {
+            bail!("{name}: backward called before forward")
+        };
+        cpu_slices!(name;
+            xd = x,
+            gd = gamma,
+            yd = res,
+            dy = grad,
+        );
+        let len = b * c * hw;
+        if xd.len() != len || yd.len() != len || dy.len() != len || gd.len() != c {
+            bail!("{name}: gradient does not match the input shape")
+        }
+        let (dx, sums) = self.backward_slices(stats, xd, gd, yd, dy, x.track_op());
+        let dgamma = gamma
+            .track_op()
+            .then(|| tensor_from(sums.iter().map(|s| s.1).collect(), &[c]))
+            .transpose()?;
+        let dbeta = beta
+            .track_op()
+            .then(|| tensor_from(sums.iter().map(|s| s.0).collect(), &[c]))
+            .transpose()?;
+        let dx = dx.map(|dx| tensor_from(dx, &self.shape)).transpose()?;
         Ok((dx, dgamma, dbeta))
     }
 }

@@ -82,7 +82,7 @@ impl ConvGeom {
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
-    fn out_dims(&self) -> [usize; 4] {
+    pub(crate) fn out_dims(&self) -> [usize; 4] {
         [self.b, self.c_out, self.oh, self.ow]
     }
 }
@@ -98,7 +98,12 @@ fn dims4(t: &Tensor, op: &'static str, expected: &str) -> Result<[usize; 4]> {
     }
 }
 
-fn validate(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<ConvGeom> {
+pub(crate) fn validate(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> Result<ConvGeom> {
     const OP: &str = "conv2d";
     let [bs, c_in, h, wd] = dims4(x, OP, "[b, c_in, h, w]")?;
     let [c_out, c_per_group, kh, kw] = dims4(w, OP, "[c_out, c_in/groups, kh, kw]")?;

@@ -52,6 +52,7 @@
 
 mod batch_norm;
 mod conv;
+mod conv_bn;
 mod depthwise;
 mod direct;
 mod error;
@@ -61,6 +62,7 @@ mod util;
 
 pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput};
 pub use conv::{conv2d, Activation, Conv2dConfig};
+pub use conv_bn::conv_bn2d;
 pub use error::{OpsError, Result};
 pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};

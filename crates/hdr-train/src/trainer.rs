@@ -436,56 +436,66 @@ pub fn fit(
             .enumerate()
         {
             let batch = batch?;
-            let out = model.forward_t(&batch.images, true)?;
-            let mut loss = match teacher {
-                None => cross_entropy(&out.logits, &batch.labels, cfg.label_smoothing)?,
-                Some(t) => {
-                    let t_logits = match t {
-                        Teacher::Model(m) => m.forward(&batch.images)?.detach(),
-                        Teacher::Logits(all) => {
-                            let idx: Vec<u32> = batch.indices.iter().map(|&i| i as u32).collect();
-                            let idx = Tensor::from_vec(idx, batch.indices.len(), all.device())?;
-                            all.index_select(&idx, 0)?.to_device(&cfg.device)?
-                        }
-                    };
-                    distillation_loss(
-                        &out.logits,
-                        &t_logits,
-                        &batch.labels,
-                        cfg.distill.temperature,
-                        cfg.distill.alpha,
-                        cfg.label_smoothing,
-                    )?
+            // The whole step on rayon's pool: one thread hand-off instead of one per kernel.
+            let step_result = hdr_models::init::in_pool(|| -> Result<(f32, Tensor)> {
+                let out = model.forward_t(&batch.images, true)?;
+                let mut loss = match teacher {
+                    None => cross_entropy(&out.logits, &batch.labels, cfg.label_smoothing)?,
+                    Some(t) => {
+                        let t_logits = match t {
+                            Teacher::Model(m) => m.forward(&batch.images)?.detach(),
+                            Teacher::Logits(all) => {
+                                let idx: Vec<u32> =
+                                    batch.indices.iter().map(|&i| i as u32).collect();
+                                let idx = Tensor::from_vec(idx, batch.indices.len(), all.device())?;
+                                all.index_select(&idx, 0)?.to_device(&cfg.device)?
+                            }
+                        };
+                        distillation_loss(
+                            &out.logits,
+                            &t_logits,
+                            &batch.labels,
+                            cfg.distill.temperature,
+                            cfg.distill.alpha,
+                            cfg.label_smoothing,
+                        )?
+                    }
+                };
+                if let Some(aux) = &out.aux_logits {
+                    if cfg.aux_weight > 0.0 {
+                        let aux_loss = cross_entropy(aux, &batch.labels, cfg.label_smoothing)?;
+                        loss = (loss + (aux_loss * cfg.aux_weight as f64)?)?;
+                    }
+                }
+                let value = loss.to_scalar::<f32>()?;
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        epoch,
+                        step,
+                        loss: value,
+                    });
+                }
+                let grads = loss.backward()?;
+                lr = cfg
+                    .lr
+                    .lr(epoch * steps_per_epoch + step, total_steps, steps_per_epoch);
+                opt.step(&grads, lr)?;
+                if let Some(ema) = &mut ema {
+                    ema.update()?;
+                }
+                Ok((value, out.logits))
+            });
+            let (value, logits) = match step_result {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e);
                 }
             };
-            if let Some(aux) = &out.aux_logits {
-                if cfg.aux_weight > 0.0 {
-                    let aux_loss = cross_entropy(aux, &batch.labels, cfg.label_smoothing)?;
-                    loss = (loss + (aux_loss * cfg.aux_weight as f64)?)?;
-                }
-            }
-            let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                bar.abandon();
-                return Err(TrainError::NonFinite {
-                    epoch,
-                    step,
-                    loss: value,
-                });
-            }
-            let grads = loss.backward()?;
-            lr = cfg
-                .lr
-                .lr(epoch * steps_per_epoch + step, total_steps, steps_per_epoch);
-            opt.step(&grads, lr)?;
-            if let Some(ema) = &mut ema {
-                ema.update()?;
-            }
 
             let b = batch.indices.len();
             loss_sum += value as f64 * b as f64;
-            correct += out
-                .logits
+            correct += logits
                 .argmax(1)?
                 .eq(&batch.labels)?
                 .to_dtype(DType::U32)?
