@@ -245,19 +245,34 @@ fn max2x2_fwd(g: &PoolGeom, x: &[f32], y: &mut [f32]) {
 }
 
 /// Backward of [`max2x2_fwd`]: windows do not overlap, so each gradient goes straight to the
-/// first maximum of its window (same order as [`argmax`]); `dx` must be zeroed.
+/// first maximum of its window (same order as [`argmax`]); `dx` must be zeroed where no window
+/// reaches (a last odd row or column).
+///
+/// Branch-free: which of the four inputs is the maximum is a coin toss for the branch
+/// predictor (with `if x[i] > x[best]` this was 15% of a LeNet-5 training step); here the
+/// comparisons become masks and all four gradient cells are written.
 fn max2x2_bwd(g: &PoolGeom, x: &[f32], gy: &[f32], dx: &mut [f32]) {
+    let span = 2 * g.ow;
     for (oh, gr) in gy.chunks_exact(g.ow).enumerate() {
-        let (i0, i1) = (2 * oh * g.w, (2 * oh + 1) * g.w);
-        for (ow, &gv) in gr.iter().enumerate() {
-            let c = 2 * ow;
-            let mut best = i0 + c;
-            for i in [i0 + c + 1, i1 + c, i1 + c + 1] {
-                if x[i] > x[best] {
-                    best = i;
-                }
-            }
-            dx[best] = gv;
+        let i0 = 2 * oh * g.w;
+        let (x0, x1) = (&x[i0..][..span], &x[i0 + g.w..][..span]);
+        let (d0, rest) = dx[i0..].split_at_mut(g.w);
+        let (d0, d1) = (&mut d0[..span], &mut rest[..span]);
+        let rows = x0.chunks_exact(2).zip(x1.chunks_exact(2));
+        let grads = d0.chunks_exact_mut(2).zip(d1.chunks_exact_mut(2));
+        for ((&gv, (xa, xb)), (da, db)) in gr.iter().zip(rows).zip(grads) {
+            let (a, b, c, d) = (xa[0], xa[1], xb[0], xb[1]);
+            // The same comparisons as `argmax`: a later cell wins only if strictly greater.
+            let sb = b > a;
+            let m = if sb { b } else { a };
+            let sc = c > m;
+            let m = if sc { c } else { m };
+            let sd = d > m;
+            let pick = |on: bool| if on { gv } else { 0.0 };
+            da[0] = pick(!(sb | sc | sd));
+            da[1] = pick(sb & !sc & !sd);
+            db[0] = pick(sc & !sd);
+            db[1] = pick(sd);
         }
     }
 }

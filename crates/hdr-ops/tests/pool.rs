@@ -108,8 +108,12 @@ fn naive(c: &Case, kind: Kind, x: &[f32], r: &[f32]) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn check(c: Case, kind: Kind) -> Result<(), String> {
+    check_on(c, kind, tensor(c.seed, &[c.b, c.c, c.h, c.w]))
+}
+
+/// [`check`] on given input values.
+fn check_on(c: Case, kind: Kind, xt: candle_core::Tensor) -> Result<(), String> {
     let e = |e: candle_core::Error| e.to_string();
-    let xt = tensor(c.seed, &[c.b, c.c, c.h, c.w]);
     let rt = tensor(c.seed + 1, &[c.b, c.c, c.oh(), c.ow()]);
     let (y_ref, dx_ref) = naive(&c, kind, &to_vec(&xt), &to_vec(&rt));
     let xv = Var::from_tensor(&xt).map_err(e)?;
@@ -202,6 +206,33 @@ fn lenet_and_overlapping_shapes() -> Result<(), String> {
         check(case(1, 16, 10, 2, 2, 0), kind)?; // LeNet pool2, batch 1
         check(case(2, 8, 13, 3, 2, 1), kind)?; // ResNet-style overlapping pool
         check(case(3, 2, 7, 2, 2, 0), kind)?; // 2x2 fast path, odd size (last row/col unused)
+    }
+    Ok(())
+}
+
+/// Inputs after a ReLU, rounded to a few levels: most windows hold several equal maxima, and the
+/// gradient must go to the first one in row-major order (PyTorch's choice), in the 2x2 fast
+/// path as in the general one.
+#[test]
+fn ties_send_the_gradient_to_the_first_maximum() -> Result<(), String> {
+    let e = |e: candle_core::Error| e.to_string();
+    for (hw, k, s) in [(8, 2, 2), (9, 2, 2), (7, 3, 2)] {
+        let c = Case {
+            b: 2,
+            c: 3,
+            h: hw,
+            w: hw,
+            k,
+            s,
+            p: 0,
+            seed: 21,
+        };
+        let x = tensor(c.seed, &[c.b, c.c, hw, hw]);
+        let tied = (x * 1.5)
+            .and_then(|t| t.round())
+            .and_then(|t| t.relu())
+            .map_err(e)?;
+        check_on(c, Kind::Max, tied)?;
     }
     Ok(())
 }

@@ -202,30 +202,30 @@ impl Optimizer {
                 .to_vec1::<f32>()?;
             let wd = if s.decay { c.weight_decay as f32 } else { 0.0 };
             match c.kind {
-                OptimizerKind::Adam | OptimizerKind::AdamW => {
-                    let decoupled = matches!(c.kind, OptimizerKind::AdamW);
-                    let step_size = (lr / bc1) as f32;
-                    let inv_bc2 = (1.0 / bc2.sqrt()) as f32;
-                    let eps = c.eps as f32;
-                    for i in 0..p.len() {
-                        let mut gi = g[i] * scale;
-                        if !decoupled {
-                            gi += wd * p[i];
-                        } else {
-                            p[i] -= lr32 * wd * p[i];
-                        }
-                        s.m[i] = b1 * s.m[i] + (1.0 - b1) * gi;
-                        s.v[i] = b2 * s.v[i] + (1.0 - b2) * gi * gi;
-                        p[i] -= step_size * s.m[i] / (s.v[i].sqrt() * inv_bc2 + eps);
-                    }
-                }
+                OptimizerKind::Adam | OptimizerKind::AdamW => adam(
+                    &mut p,
+                    &g,
+                    &mut s.m,
+                    &mut s.v,
+                    &AdamStep {
+                        scale,
+                        lr: lr32,
+                        wd,
+                        decoupled: matches!(c.kind, OptimizerKind::AdamW),
+                        b1,
+                        b2,
+                        step_size: (lr / bc1) as f32,
+                        inv_bc2: (1.0 / bc2.sqrt()) as f32,
+                        eps: c.eps as f32,
+                    },
+                ),
                 OptimizerKind::Sgd { momentum, nesterov } => {
                     let mu = momentum as f32;
-                    for i in 0..p.len() {
-                        let gi = g[i] * scale + wd * p[i];
-                        s.m[i] = mu * s.m[i] + gi;
-                        let d = if nesterov { gi + mu * s.m[i] } else { s.m[i] };
-                        p[i] -= lr32 * d;
+                    for ((p, &g), m) in p.iter_mut().zip(&g).zip(s.m.iter_mut()) {
+                        let gi = g * scale + wd * *p;
+                        *m = mu * *m + gi;
+                        let d = if nesterov { gi + mu * *m } else { *m };
+                        *p -= lr32 * d;
                     }
                 }
             }
@@ -289,6 +289,46 @@ impl Optimizer {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// Per-step constants of Adam / AdamW.
+struct AdamStep {
+    /// Gradient scale (clipping).
+    scale: f32,
+    lr: f32,
+    wd: f32,
+    /// AdamW: weight decay applied to the weights, not added to the gradient.
+    decoupled: bool,
+    b1: f32,
+    b2: f32,
+    /// `lr / (1 - beta1^t)`.
+    step_size: f32,
+    /// `1 / sqrt(1 - beta2^t)`.
+    inv_bc2: f32,
+    eps: f32,
+}
+
+/// One Adam update of `p` in place. Zipped slices and the decay branch outside the loop let
+/// the loop vectorise (indexing four vectors with a branch inside was ~14% of a LeNet-5
+/// training step).
+fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamStep) {
+    let update = |p: &mut f32, gi: f32, m: &mut f32, v: &mut f32| {
+        *m = k.b1 * *m + (1.0 - k.b1) * gi;
+        *v = k.b2 * *v + (1.0 - k.b2) * gi * gi;
+        *p -= k.step_size * *m / (v.sqrt() * k.inv_bc2 + k.eps);
+    };
+    let cells = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+    if k.decoupled {
+        for ((p, &g), (m, v)) in cells {
+            *p -= k.lr * k.wd * *p;
+            update(p, g * k.scale, m, v);
+        }
+    } else {
+        for ((p, &g), (m, v)) in cells {
+            let gi = g * k.scale + k.wd * *p;
+            update(p, gi, m, v);
+        }
     }
 }
 
