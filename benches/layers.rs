@@ -40,7 +40,7 @@ fn layers(c: &mut Criterion) {
         } else {
             x
         };
-        let run: Box<dyn Fn() -> Tensor> = match l["op"].as_str() {
+        let run: Box<dyn Fn() -> Tensor + Send + Sync> = match l["op"].as_str() {
             Some("conv") => {
                 let (c_out, k, groups) = (field(l, "c_out"), field(l, "k"), field(l, "groups"));
                 let w = Var::randn(0f32, 0.1, (c_out, c_in / groups, k, k), &dev).expect("weight");
@@ -78,9 +78,10 @@ fn layers(c: &mut Criterion) {
             }
             other => panic!("unknown op {other:?} in layers.json"),
         };
-        // `backward` on a non-scalar seeds the gradient with ones, as `y.backward(ones)` in PyTorch.
+        // `backward` on a non-scalar seeds the gradient with ones, as `y.backward(ones)` in
+        // PyTorch. On rayon's pool, as the training loop runs its steps (`hdr_train::fit`).
         group.bench_function(format!("{id}/b{b}"), |bench| {
-            bench.iter(|| black_box(run().backward().expect("backward")))
+            bench.iter(|| black_box(hdr::ops::in_pool(|| run().backward().expect("backward"))))
         });
     }
     group.finish();
