@@ -293,18 +293,17 @@ impl BatchNorm {
         Ok((scale, shift))
     }
 
-    /// Moves the running averages towards the batch statistics of `out` (PyTorch's update,
-    /// with the unbiased variance); returns the normalised tensor.
-    fn update_running(&self, out: hdr_ops::BatchNormOutput) -> Result<Tensor> {
-        let n = out.n as f64;
-        let unbiased = (out.var * (n / (n - 1.0).max(1.0)))?;
-        let rm =
-            ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (out.mean * BN_MOMENTUM)?)?;
+    /// Moves the running averages towards the batch statistics `mean` and `var` (biased,
+    /// over `n` values per channel): PyTorch's update, with the unbiased variance.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
+        let n = n as f64;
+        let unbiased = (var * (n / (n - 1.0).max(1.0)))?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
         let rv =
             ((self.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
-        Ok(out.y)
+        Ok(())
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool, act: Option<Activation>) -> Result<Tensor> {
@@ -317,7 +316,8 @@ impl BatchNorm {
                 BN_EPS,
                 fused.unwrap_or_default(),
             )?;
-            self.update_running(out)?
+            self.update_running(&out.mean, &out.var, out.n)?;
+            out.y
         } else {
             let (scale, shift) = self.eval_affine()?;
             hdr_ops::channel_affine2d(x, &scale, &shift, fused.unwrap_or_default())?
@@ -385,7 +385,8 @@ impl ConvBn {
                 &cfg,
                 BN_EPS,
             )?;
-            let y = self.bn.update_running(out)?;
+            self.bn.update_running(&out.mean, &out.var, out.n)?;
+            let y = out.y;
             return match self.act {
                 Some(a) if fused.is_none() => a.apply(&y),
                 _ => Ok(y),
@@ -414,6 +415,36 @@ impl ConvBn {
             _ => Ok(y),
         }
     }
+}
+
+/// `layers` one after the other in training mode, as one op when they can be
+/// ([`hdr_ops::conv_bn_chain2d`]: bias-free convolutions whose activations the kernels fuse;
+/// the activations between them then never reach candle's gradient store); in evaluation mode,
+/// or otherwise, each its own way.
+pub(crate) fn conv_bn_chain(layers: &[&ConvBn], x: &Tensor, train: bool) -> Result<Tensor> {
+    let fusable = |l: &ConvBn| l.conv.bias.is_none() && l.act.is_none_or(|a| a.fused().is_some());
+    if !train || layers.len() < 2 || !layers.iter().all(|l| fusable(l)) {
+        return layers
+            .iter()
+            .try_fold(x.clone(), |y, l| l.forward_t(&y, train));
+    }
+    let stages: Vec<hdr_ops::ConvBnStage<'_>> = layers
+        .iter()
+        .map(|l| hdr_ops::ConvBnStage {
+            weight: &l.conv.weight,
+            gamma: &l.bn.weight,
+            beta: &l.bn.bias,
+            cfg: Conv2dConfig {
+                activation: l.act.and_then(Activation::fused).unwrap_or_default(),
+                ..l.conv.cfg
+            },
+        })
+        .collect();
+    let out = hdr_ops::conv_bn_chain2d(x, &stages, BN_EPS)?;
+    for (l, s) in layers.iter().zip(&out.stats) {
+        l.bn.update_running(&s.mean, &s.var, s.n)?;
+    }
+    Ok(out.y)
 }
 
 /// Batch norm over channels, recorded in the summary (2c parameters, 2c buffers).

@@ -29,6 +29,19 @@ pub struct BatchNormOutput {
     pub n: usize,
 }
 
+/// Batch statistics of a training-mode batch norm (see [`BatchNormOutput`]), for updating
+/// running averages; they do not track gradients.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BatchStats {
+    /// Per-channel batch mean, `[c]`.
+    pub mean: Tensor,
+    /// Per-channel biased batch variance (divided by `n`), `[c]`.
+    pub var: Tensor,
+    /// Number of elements per channel (`b * h * w`).
+    pub n: usize,
+}
+
 /// Training-mode batch normalisation of `x` `[b, c, h, w]` with per-channel `gamma`, `beta`
 /// `[c]`, using the statistics of this batch, followed by `activation`.
 ///
@@ -544,8 +557,8 @@ impl BatchNorm2d {
         self.stats.get()
     }
 
-    /// `y` and the statistics its forward pass recorded.
-    pub(crate) fn output(&self, y: Tensor) -> Result<BatchNormOutput> {
+    /// The statistics the forward pass recorded, as tensors.
+    pub(crate) fn stats_tensors(&self) -> Result<BatchStats> {
         let [b, c, hw] = self.dims;
         let Some(s) = self.stats.get() else {
             return Err(OpsError::Candle(candle_core::Error::Msg(
@@ -557,11 +570,21 @@ impl BatchNorm2d {
             .iter()
             .map(|is| 1.0 / (is * is) - self.eps)
             .collect();
-        Ok(BatchNormOutput {
-            y,
+        Ok(BatchStats {
             mean: tensor_from(s.mean.clone(), &[c])?,
             var: tensor_from(var, &[c])?,
             n: b * hw,
+        })
+    }
+
+    /// `y` and the statistics its forward pass recorded.
+    pub(crate) fn output(&self, y: Tensor) -> Result<BatchNormOutput> {
+        let s = self.stats_tensors()?;
+        Ok(BatchNormOutput {
+            y,
+            mean: s.mean,
+            var: s.var,
+            n: s.n,
         })
     }
 

@@ -104,8 +104,29 @@ pub(crate) fn validate(
     b: Option<&Tensor>,
     cfg: &Conv2dConfig,
 ) -> Result<ConvGeom> {
+    validate_dims(x.dims(), x, w, b, cfg)
+}
+
+/// [`validate`] for an input of dimensions `x_dims` with the dtype of `x` (e.g. the output of
+/// an earlier stage of a fused op, which is not a tensor).
+pub(crate) fn validate_dims(
+    x_dims: &[usize],
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+) -> Result<ConvGeom> {
     const OP: &str = "conv2d";
-    let [bs, c_in, h, wd] = dims4(x, OP, "[b, c_in, h, w]")?;
+    let [bs, c_in, h, wd] = match *x_dims {
+        [a, b, c, d] => [a, b, c, d],
+        _ => {
+            return Err(OpsError::ShapeMismatch {
+                op: OP,
+                expected: "[b, c_in, h, w]".into(),
+                found: x_dims.to_vec(),
+            })
+        }
+    };
     let [c_out, c_per_group, kh, kw] = dims4(w, OP, "[c_out, c_in/groups, kh, kw]")?;
     let invalid = |reason: String| OpsError::InvalidConfig { op: OP, reason };
     // An empty batch is fine; empty channels or images are rejected (the kernels split buffers
@@ -114,7 +135,7 @@ pub(crate) fn validate(
         return Err(OpsError::ShapeMismatch {
             op: OP,
             expected: "non-empty channels and images".into(),
-            found: if c_out == 0 { w.dims() } else { x.dims() }.to_vec(),
+            found: if c_out == 0 { w.dims() } else { x_dims }.to_vec(),
         });
     }
     if cfg.stride == 0 {
@@ -715,6 +736,37 @@ impl CustomOp3 for Conv2dGemm {
             yd = res,
             gd = grad,
         );
+        let (dx, dw, db) = self.bwd_slices(
+            xd,
+            wd,
+            yd,
+            gd,
+            [x.track_op(), w.track_op(), bias.track_op()],
+        )?;
+        Ok((
+            dx.map(|v| tensor_from(v, &[g.b, g.c_in, g.h, g.w]))
+                .transpose()?,
+            dw.map(|v| tensor_from(v, &[g.c_out, g.c_in, g.kh, g.kw]))
+                .transpose()?,
+            db.map(|v| tensor_from(v, &[g.c_out])).transpose()?,
+        ))
+    }
+}
+
+impl Conv2dGemm {
+    /// The backward pass on contiguous data (`xd` input, `wd` weight, `yd` output, `gd` its
+    /// gradient): the gradients of input, weight and bias, each only if asked for in `need`.
+    pub(crate) fn bwd_slices(
+        &self,
+        xd: &[f32],
+        wd: &[f32],
+        yd: &[f32],
+        gd: &[f32],
+        need: [bool; 3],
+    ) -> candle_core::Result<crate::util::SliceGrads> {
+        let g = &self.g;
+        let name = self.name();
+        let [need_x, need_w, need_b] = need;
         if gd.len() != g.b * g.out_img() || yd.len() != gd.len() {
             bail!("{name}: gradient does not match the output shape")
         }
@@ -727,7 +779,6 @@ impl CustomOp3 for Conv2dGemm {
             y: yd,
             grad: gd,
         };
-        let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), bias.track_op());
         let threads = num_threads();
         let (ranges, par) = if g.b >= threads && threads > 1 {
             // Whole images per worker with single-threaded gemm and private dW/db partials.
@@ -773,22 +824,11 @@ impl CustomOp3 for Conv2dGemm {
             dw_acc.iter_mut().zip(&dw).for_each(|(a, v)| *a += v);
             db_acc.iter_mut().zip(&db).for_each(|(a, v)| *a += v);
         }
-        let dw = if need_w {
-            Some(tensor_from(dw_acc, &[g.c_out, g.c_in, g.kh, g.kw])?)
-        } else {
-            None
-        };
-        let db = if need_b {
-            Some(tensor_from(db_acc, &[g.c_out])?)
-        } else {
-            None
-        };
-        let dx = if need_x {
-            Some(tensor_from(dx, &[g.b, g.c_in, g.h, g.w])?)
-        } else {
-            None
-        };
-        Ok((dx, dw, db))
+        Ok((
+            need_x.then_some(dx),
+            need_w.then_some(dw_acc),
+            need_b.then_some(db_acc),
+        ))
     }
 }
 

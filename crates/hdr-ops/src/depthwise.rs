@@ -1122,6 +1122,36 @@ impl CustomOp3 for DepthwiseConv2d {
             yd = res,
             gd = grad,
         );
+        let (dx, dw, db) = self.bwd_slices(
+            xd,
+            wd,
+            yd,
+            gd,
+            [x.track_op(), w.track_op(), bias.track_op()],
+        )?;
+        Ok((
+            dx.map(|v| tensor_from(v, &[g.b, g.c_in, g.h, g.w]))
+                .transpose()?,
+            dw.map(|v| tensor_from(v, &[g.c_in, 1, g.kh, g.kw]))
+                .transpose()?,
+            db.map(|v| tensor_from(v, &[g.c_in])).transpose()?,
+        ))
+    }
+}
+
+impl DepthwiseConv2d {
+    /// The backward pass on contiguous data (`xd` input, `wd` weight, `yd` output, `gd` its
+    /// gradient): the gradients of input, weight and bias, each only if asked for in `need`.
+    pub(crate) fn bwd_slices(
+        &self,
+        xd: &[f32],
+        wd: &[f32],
+        yd: &[f32],
+        gd: &[f32],
+        need: [bool; 3],
+    ) -> candle_core::Result<crate::util::SliceGrads> {
+        let g = &self.g;
+        let name = self.name();
         let (hw, n, kk, c) = (g.h * g.w, g.n(), g.kh * g.kw, g.c_in);
         if gd.len() != g.b * c * n
             || yd.len() != gd.len()
@@ -1130,7 +1160,7 @@ impl CustomOp3 for DepthwiseConv2d {
         {
             bail!("{name}: gradient does not match the output shape")
         }
-        let (need_x, need_w, need_b) = (x.track_op(), w.track_op(), bias.track_op());
+        let [need_x, need_w, need_b] = need;
 
         // Per-plane partial weight/bias gradients, reduced over the batch afterwards: planes
         // never write to shared memory.
@@ -1268,7 +1298,7 @@ impl CustomOp3 for DepthwiseConv2d {
             for part in dw_parts.chunks_exact(c * kk) {
                 dw.iter_mut().zip(part).for_each(|(a, v)| *a += v);
             }
-            Some(tensor_from(dw, &[c, 1, g.kh, g.kw])?)
+            Some(dw)
         } else {
             None
         };
@@ -1277,16 +1307,11 @@ impl CustomOp3 for DepthwiseConv2d {
             for part in db_parts.chunks_exact(c) {
                 db.iter_mut().zip(part).for_each(|(a, v)| *a += v);
             }
-            Some(tensor_from(db, &[c])?)
+            Some(db)
         } else {
             None
         };
-        let dx = if need_x {
-            Some(tensor_from(dx, &[g.b, c, g.h, g.w])?)
-        } else {
-            None
-        };
-        Ok((dx, dw, db))
+        Ok((need_x.then_some(dx), dw, db))
     }
 }
 

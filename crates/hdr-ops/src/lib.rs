@@ -60,9 +60,9 @@ mod linear;
 mod pool;
 mod util;
 
-pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput};
+pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput, BatchStats};
 pub use conv::{conv2d, Activation, Conv2dConfig};
-pub use conv_bn::conv_bn2d;
+pub use conv_bn::{conv_bn2d, conv_bn_chain2d, ChainOutput, ConvBnStage};
 pub use error::{OpsError, Result};
 pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};

@@ -465,6 +465,9 @@ pub(crate) fn contiguous_cpu(t: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Wraps an output buffer as a tensor that does not track gradients.
+/// Gradients of a kernel's input, weight and bias as plain vectors, each only if asked for.
+pub(crate) type SliceGrads = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
+
 pub(crate) fn tensor_from(data: Vec<f32>, dims: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::graph::{Graph, GraphBuilder, Node};
 use crate::layers::{
-    apply_linear, check_input, dropout, global_avg_pool, linear, Activation, ConvBn, ConvSpec,
-    Tracer,
+    apply_linear, check_input, conv_bn_chain, dropout, global_avg_pool, linear, Activation, ConvBn,
+    ConvSpec, Tracer,
 };
 use crate::summary::Summary;
 use crate::{Classifier, ClassifierOutput, FeatureMap, ModelConfig, Probe};
@@ -68,7 +68,7 @@ impl SeparableBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.pw.forward_t(&self.dw.forward_t(x, train)?, train)
+        conv_bn_chain(&[&self.dw, &self.pw], x, train)
     }
 }
 
