@@ -228,8 +228,32 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) ->
 }
 
 /// candle's own ops, for devices/dtypes/group counts the custom kernels do not cover.
+///
+/// When the last window stops short of the input's edge (e.g. stride 2 over an even size with a
+/// 1x1 kernel), candle 0.11's conv2d backward returns an input gradient of the wrong size (its
+/// transposed convolution has no output padding). There, the input is padded explicitly and
+/// cut to the rows and columns the windows read, so that the convolution itself is exact and
+/// the gradient of the cut fills the unread rest with zeros.
 fn fallback(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
-    let mut y = x.conv2d(w, cfg.padding, cfg.stride, 1, cfg.groups)?;
+    let (kh, kw) = (w.dim(2)?, w.dim(3)?);
+    let (p, s) = (cfg.padding, cfg.stride);
+    let reach = |n: usize, k: usize| crate::util::out_size(n, k, s, p).map(|o| (o - 1) * s + k);
+    let exact = |n: usize, k: usize| reach(n, k) == Some(n + 2 * p);
+    let mut y = if exact(x.dim(2)?, kh) && exact(x.dim(3)?, kw) {
+        x.conv2d(w, p, s, 1, cfg.groups)?
+    } else {
+        let (Some(rh), Some(rw)) = (reach(x.dim(2)?, kh), reach(x.dim(3)?, kw)) else {
+            return Err(OpsError::InvalidConfig {
+                op: "conv2d",
+                reason: "kernel larger than the padded input".into(),
+            });
+        };
+        x.pad_with_zeros(2, p, p)?
+            .pad_with_zeros(3, p, p)?
+            .narrow(2, 0, rh)?
+            .narrow(3, 0, rw)?
+            .conv2d(w, 0, s, 1, cfg.groups)?
+    };
     if let Some(b) = b {
         y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
     }

@@ -409,3 +409,47 @@ fn mismatched_dtypes_are_rejected() {
     ));
     let _ = data(0, 1);
 }
+
+/// The fallback (here: f64) where candle's own conv2d backward gets the input gradient's size
+/// wrong: windows that stop short of the input's edge (1x1 stride 2 over an even width, 3x3
+/// stride 2 padding 1 over an odd one). Values and gradients must match the f32 kernels.
+#[test]
+fn fallback_gradients_keep_the_input_shape_when_windows_stop_short() -> anyhow::Result<()> {
+    for (h, w, k, stride, pad) in [
+        (4, 5, 1, 2, 0),
+        (6, 6, 1, 2, 0),
+        (7, 8, 3, 2, 1),
+        (9, 9, 2, 3, 0),
+    ] {
+        let xt = tensor(1, &[2, 3, h, w]);
+        let wt = tensor(2, &[4, 3, k, k]);
+        let cfg = Conv2dConfig {
+            stride,
+            padding: pad,
+            ..Default::default()
+        };
+        let run = |dtype: DType| -> anyhow::Result<Vec<Vec<f32>>> {
+            let x = Var::from_tensor(&xt.to_dtype(dtype)?)?;
+            let wv = Var::from_tensor(&wt.to_dtype(dtype)?)?;
+            let y = conv2d(&x, &wv, None, &cfg)?;
+            let r = tensor(3, y.dims()).to_dtype(dtype)?;
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            let f =
+                |t: &Tensor| -> anyhow::Result<Vec<f32>> { Ok(to_vec(&t.to_dtype(DType::F32)?)) };
+            let dx = grads.get(&x).ok_or_else(|| anyhow::anyhow!("no dx"))?;
+            anyhow::ensure!(
+                dx.dims() == x.dims(),
+                "dx {:?} for x {:?}",
+                dx.dims(),
+                x.dims()
+            );
+            let dw = grads.get(&wv).ok_or_else(|| anyhow::anyhow!("no dw"))?;
+            Ok(vec![f(&y)?, f(dx)?, f(dw)?])
+        };
+        let (fast, fallback) = (run(DType::F32)?, run(DType::F64)?);
+        for (name, (a, b)) in ["y", "dx", "dw"].iter().zip(fast.iter().zip(&fallback)) {
+            close(name, a, b).map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(())
+}
