@@ -8,7 +8,7 @@
 //! stage (`conv_bn2d`) hides the convolution's output; two (`conv_bn_chain2d` over a
 //! depthwise-separable block) also hide the block's middle activation.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -149,7 +149,7 @@ pub fn conv_bn_chain2d(x: &Tensor, stages: &[ConvBnStage<'_>], eps: f64) -> Resu
     let params = Tensor::cat(&small, 0)?;
     let op = Chain {
         stages: op_stages,
-        saved: Arc::new(OnceLock::new()),
+        saved: OnceLock::new(),
     };
     let y = x.contiguous()?.apply_op3(&last, &params, op)?;
     let stats = bns
@@ -248,7 +248,7 @@ struct Saved {
 
 struct Chain {
     stages: Vec<Stage>,
-    saved: Arc<OnceLock<Vec<Saved>>>,
+    saved: OnceLock<Vec<Saved>>,
 }
 
 impl Chain {
