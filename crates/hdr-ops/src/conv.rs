@@ -4,8 +4,8 @@ use crate::depthwise::DepthwiseConv2d;
 use crate::direct::{self, Direct};
 use crate::error::{OpsError, Result};
 use crate::util::{
-    check_params, cpu_f32, cpu_slices, for_each_chunk_pair, gemm_par_all, num_threads, sgemm,
-    sgemm_init, tensor_from, valid_range, with_scratch, Mat,
+    check_params, cpu_f32, for_each_chunk_pair, gemm_par_all, num_threads, sgemm, sgemm_init,
+    valid_range, with_scratch, Mat,
 };
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -752,28 +752,9 @@ impl CustomOp3 for Conv2dGemm {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = &self.g;
-        let name = self.name();
-        cpu_slices!(name;
-            xd = x,
-            wd = w,
-            yd = res,
-            gd = grad,
-        );
-        let (dx, dw, db) = self.bwd_slices(
-            xd,
-            wd,
-            yd,
-            gd,
-            [x.track_op(), w.track_op(), bias.track_op()],
-        )?;
-        Ok((
-            dx.map(|v| tensor_from(v, &[g.b, g.c_in, g.h, g.w]))
-                .transpose()?,
-            dw.map(|v| tensor_from(v, &[g.c_out, g.c_in, g.kh, g.kw]))
-                .transpose()?,
-            db.map(|v| tensor_from(v, &[g.c_out])).transpose()?,
-        ))
+        crate::util::bwd_via_slices(self.name(), [x, w, bias], res, grad, |x, w, y, g, need| {
+            self.bwd_slices(x, w, y, g, need)
+        })
     }
 }
 

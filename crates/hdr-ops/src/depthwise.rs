@@ -10,9 +10,7 @@
 use crate::conv::{Activation, ConvGeom};
 use std::mem::MaybeUninit;
 
-use crate::util::{
-    cpu_f32, cpu_slices, simd_fn, tensor_from, valid_range, vec_filled_by, with_scratch, zeroed,
-};
+use crate::util::{cpu_f32, simd_fn, valid_range, vec_filled_by, with_scratch, zeroed};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -1114,28 +1112,9 @@ impl CustomOp3 for DepthwiseConv2d {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = &self.g;
-        let name = self.name();
-        cpu_slices!(name;
-            xd = x,
-            wd = w,
-            yd = res,
-            gd = grad,
-        );
-        let (dx, dw, db) = self.bwd_slices(
-            xd,
-            wd,
-            yd,
-            gd,
-            [x.track_op(), w.track_op(), bias.track_op()],
-        )?;
-        Ok((
-            dx.map(|v| tensor_from(v, &[g.b, g.c_in, g.h, g.w]))
-                .transpose()?,
-            dw.map(|v| tensor_from(v, &[g.c_in, 1, g.kh, g.kw]))
-                .transpose()?,
-            db.map(|v| tensor_from(v, &[g.c_in])).transpose()?,
-        ))
+        crate::util::bwd_via_slices(self.name(), [x, w, bias], res, grad, |x, w, y, g, need| {
+            self.bwd_slices(x, w, y, g, need)
+        })
     }
 }
 

@@ -468,6 +468,34 @@ pub(crate) fn contiguous_cpu(t: &Tensor) -> candle_core::Result<Tensor> {
 /// Gradients of a kernel's input, weight and bias as plain vectors, each only if asked for.
 pub(crate) type SliceGrads = (Option<Vec<f32>>, Option<Vec<f32>>, Option<Vec<f32>>);
 
+/// The `bwd` of a convolution op from its backward pass on slices, `f(x, w, y, dy, need)`:
+/// asks for the gradients of the arguments that track one, and shapes them like the
+/// arguments.
+pub(crate) fn bwd_via_slices(
+    name: &'static str,
+    [x, w, bias]: [&Tensor; 3],
+    res: &Tensor,
+    grad: &Tensor,
+    f: impl FnOnce(&[f32], &[f32], &[f32], &[f32], [bool; 3]) -> candle_core::Result<SliceGrads>,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    cpu_slices!(name;
+        xd = x,
+        wd = w,
+        yd = res,
+        gd = grad,
+    );
+    let (dx, dw, db) = f(
+        xd,
+        wd,
+        yd,
+        gd,
+        [x.track_op(), w.track_op(), bias.track_op()],
+    )?;
+    let shaped =
+        |v: Option<Vec<f32>>, like: &Tensor| v.map(|v| tensor_from(v, like.dims())).transpose();
+    Ok((shaped(dx, x)?, shaped(dw, w)?, shaped(db, bias)?))
+}
+
 pub(crate) fn tensor_from(data: Vec<f32>, dims: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
 }
