@@ -85,6 +85,24 @@ pub fn batch_norm2d(
     op.output(y)
 }
 
+/// The contiguous `f32` data of a per-channel op's arguments: `x` of `dims` (`[b, c, h*w]`)
+/// and two `[c]` parameters.
+fn channel_inputs<'a>(
+    name: &'static str,
+    [b, c, hw]: [usize; 3],
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&'a CpuStorage, &Layout); 3],
+) -> candle_core::Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    let (x, p, q) = (
+        cpu_f32(s1, l1, name)?,
+        cpu_f32(s2, l2, name)?,
+        cpu_f32(s3, l3, name)?,
+    );
+    if x.len() != b * c * hw || p.len() != c || q.len() != c {
+        bail!("{name}: inputs do not match the validated shape")
+    }
+    Ok((x, p, q))
+}
+
 /// Checks that both per-channel parameters are `[c]` tensors of `dtype`.
 pub(crate) fn check_channel_params(
     op: &'static str,
@@ -209,13 +227,9 @@ impl CustomOp3 for ChannelAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let [b, c, hw] = self.dims;
-        let x = cpu_f32(s1, l1, self.name())?;
-        let scale = cpu_f32(s2, l2, self.name())?;
-        let shift = cpu_f32(s3, l3, self.name())?;
-        if x.len() != b * c * hw || scale.len() != c || shift.len() != c {
-            bail!("{}: inputs do not match the validated shape", self.name())
-        }
+        let [_, c, hw] = self.dims;
+        let (x, scale, shift) =
+            channel_inputs(self.name(), self.dims, [(s1, l1), (s2, l2), (s3, l3)])?;
         let relu = self.act == Activation::Relu;
         let fill = |y: &mut [MaybeUninit<f32>]| {
             y.par_chunks_mut(hw)
@@ -728,13 +742,8 @@ impl CustomOp3 for BatchNorm2d {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let [b, c, hw] = self.dims;
-        let x = cpu_f32(s1, l1, self.name())?;
-        let gamma = cpu_f32(s2, l2, self.name())?;
-        let beta = cpu_f32(s3, l3, self.name())?;
-        if x.len() != b * c * hw || gamma.len() != c || beta.len() != c {
-            bail!("{}: inputs do not match the validated shape", self.name())
-        }
+        let (x, gamma, beta) =
+            channel_inputs(self.name(), self.dims, [(s1, l1), (s2, l2), (s3, l3)])?;
         let y = self.forward_slices(x, gamma, beta);
         Ok((CpuStorage::F32(y), Shape::from_dims(&self.shape)))
     }
