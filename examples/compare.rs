@@ -8,9 +8,11 @@
 //! `cargo run --release --example compare [-- --epochs N --models a,b --results docs/RESULTS.md]`
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::Device;
 use clap::Parser;
+use hdr::data::augment::Compose;
 use hdr::train::{
     ensemble_logits, recipe, teacher_logits, train_and_evaluate, StudyData, StudyOutcome, Teacher,
     TrainConfig,
@@ -47,6 +49,10 @@ struct Args {
     /// model, validated and selected instead of the raw weights (default: each recipe's own).
     #[arg(long)]
     ema: Option<f64>,
+    /// Add elastic distortion (Simard et al. 2003) after each recipe's random affine
+    /// augmentation, for every model trained.
+    #[arg(long)]
+    elastic: bool,
     /// Run the teacher on every augmented batch instead of caching its logits of the clean
     /// images once (consistent soft targets, at the cost of a teacher forward pass per batch).
     #[arg(long)]
@@ -58,6 +64,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // Before anything allocates on rayon's pool: one allocator arena for all threads.
+    hdr::ops::setup();
     let device = Device::Cpu;
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
@@ -94,6 +102,9 @@ fn main() -> anyhow::Result<()> {
                             ..recipe(t, a.epochs)
                         };
                         cfg.ema = a.ema.or(cfg.ema);
+                        if a.elastic {
+                            cfg.augment = Some(Arc::new(Compose::affine_elastic()));
+                        }
                         let outcome = train_and_evaluate(
                             t,
                             &hdr::models::config(t)?,
@@ -150,6 +161,9 @@ fn main() -> anyhow::Result<()> {
             ..recipe(name, a.epochs)
         };
         cfg.ema = a.ema.or(cfg.ema);
+        if a.elastic {
+            cfg.augment = Some(Arc::new(Compose::affine_elastic()));
+        }
         let outcome =
             train_and_evaluate(name, &config, splits, &cfg, distill.as_ref(), &a.out_dir)?;
         println!(

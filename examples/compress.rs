@@ -16,8 +16,8 @@ use candle_core::Device;
 use clap::Parser;
 use hdr::compress::{
     measure, prune_iteratively, render_text, results_markdown, write_results, FineTuneConfig,
-    Inference, MeasureSettings, QuantizeConfig, QuantizedModel, Scope, StructuredConfig,
-    StructuredModel, VariantReport,
+    Inference, MeasureSettings, PruneConfig, PruneSchedule, QuantizeConfig, QuantizedModel, Scope,
+    StructuredConfig, StructuredModel, VariantReport,
 };
 use hdr::train::StudyData;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,10 +45,14 @@ struct Args {
     /// Rounds of iterative unstructured pruning.
     #[arg(long, default_value_t = 10)]
     prune_steps: usize,
-    /// Unstructured pruning: one magnitude threshold over all layers, or the same sparsity in
-    /// each.
+    /// Unstructured pruning: one magnitude threshold over all layers, the same sparsity in
+    /// each, or one threshold over layer-adaptive scores (LAMP).
     #[arg(long, value_enum, default_value_t = ScopeArg::Global)]
     scope: ScopeArg,
+    /// How unstructured sparsity grows over the rounds: equal relative cuts, or Zhu & Gupta's
+    /// cubic schedule (big cuts first, small ones near the target).
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Geometric)]
+    schedule: ScheduleArg,
     /// Initial Adam learning rate of every fine-tuning run, decayed by cosine to a hundredth.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -82,9 +86,16 @@ enum SplitArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum ScheduleArg {
+    Geometric,
+    Cubic,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ScopeArg {
     Global,
     LayerWise,
+    Lamp,
 }
 
 /// Runs `f` behind a spinner that shows `msg` and the elapsed time.
@@ -102,6 +113,8 @@ fn step<T>(msg: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // Before anything allocates on rayon's pool: one allocator arena for all threads.
+    hdr::ops::setup();
     if matches!(a.split, SplitArg::Validation) && a.markdown.is_some() {
         anyhow::bail!("--markdown records test-split results; drop it with --split validation");
     }
@@ -153,12 +166,19 @@ fn main() -> anyhow::Result<()> {
             Ok(prune_iteratively(
                 sparse.model.as_ref(),
                 &sparse.vars,
-                a.sparsity,
-                match a.scope {
-                    ScopeArg::Global => Scope::Global,
-                    ScopeArg::LayerWise => Scope::LayerWise,
+                &PruneConfig {
+                    target: a.sparsity,
+                    scope: match a.scope {
+                        ScopeArg::Global => Scope::Global,
+                        ScopeArg::LayerWise => Scope::LayerWise,
+                        ScopeArg::Lamp => Scope::Lamp,
+                    },
+                    steps: a.prune_steps,
+                    schedule: match a.schedule {
+                        ScheduleArg::Geometric => PruneSchedule::Geometric,
+                        ScheduleArg::Cubic => PruneSchedule::Cubic,
+                    },
                 },
-                a.prune_steps,
                 &data.train,
                 &tune,
             )?)

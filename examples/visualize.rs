@@ -35,6 +35,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // Before anything allocates on rayon's pool: one allocator arena for all threads.
+    hdr::ops::setup();
     let device = Device::Cpu;
     let loaded = hdr::models::load_or_pretrained(&a.model, &device)?;
     let model = loaded.model.as_ref();

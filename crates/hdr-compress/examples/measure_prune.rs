@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use candle_core::Device;
-use hdr_compress::{prune_iteratively, sparsity_report, FineTuneConfig, Scope};
+use hdr_compress::{prune_iteratively, sparsity_report, FineTuneConfig, PruneConfig, Scope};
 use hdr_data::{Mnist, Normalize};
 
 fn main() -> anyhow::Result<()> {
@@ -38,9 +38,12 @@ fn main() -> anyhow::Result<()> {
     let masks = prune_iteratively(
         m.model.as_ref(),
         &m.vars,
-        target,
-        scope,
-        steps,
+        &PruneConfig {
+            target,
+            scope,
+            steps,
+            ..PruneConfig::default()
+        },
         &mnist.train.head(n),
         &cfg,
     )?;

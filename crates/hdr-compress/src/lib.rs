@@ -15,8 +15,10 @@
 //! - **Files**: [`QuantizedModel::save`] / [`QuantizedModel::load`]: safetensors with `I8`
 //!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller;
 //!   [`pretrained_int8`] loads the int8 version of every model `hdr_models::pretrained` ships.
-//! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`] or [`Scope::Global`]),
-//!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015), [`sparsity_report`].
+//! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`], [`Scope::Global`] or the
+//!   layer-adaptive [`Scope::Lamp`]; [`magnitude_for`] leaves training-only heads out),
+//!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015; geometric or Zhu &
+//!   Gupta's cubic [`PruneSchedule`]), [`sparsity_report`].
 //!   [`save_sparse`] / [`load_sparse`] store a pruned model as bitmaps and non-zero values
 //!   (90% sparse LeNet-5: 35 kB instead of 247 kB). Fine-tuning ([`FineTuneConfig`]) follows
 //!   the zoo's training recipe: random affine augmentation and Adam with a learning rate
@@ -87,8 +89,8 @@ pub use measure::{
 pub use model::{calibration_batches, LayerError, QuantizeConfig, QuantizedModel};
 pub use pretrained::{pretrained_int8, pretrained_int8_names};
 pub use prune::{
-    fine_tune, magnitude, prunable, prune_iteratively, sparsity_report, FineTuneConfig,
-    LayerSparsity, Masks, Scope,
+    fine_tune, magnitude, magnitude_for, prunable, prune_iteratively, sparsity_report,
+    FineTuneConfig, LayerSparsity, Masks, PruneConfig, PruneSchedule, Scope,
 };
 pub use quant::{
     dequantize, quantize, quantize_per_channel, Observer, PerChannel, QuantParams, RangeObserver,

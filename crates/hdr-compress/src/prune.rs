@@ -20,6 +20,12 @@ pub enum Scope {
     LayerWise,
     /// One magnitude threshold over all layers: layers with many small weights lose more.
     Global,
+    /// One threshold over all layers on layer-adaptive magnitude scores (LAMP, Lee et al.
+    /// 2021): a weight's square over the sum of the squares of the weights of its layer that
+    /// are at least as large. The scores do not change when a layer's weights are scaled, so
+    /// layers followed by batch norm (whose weight scale means nothing) compete fairly, and
+    /// every layer keeps at least its largest weight.
+    Lamp,
 }
 
 /// 0/1 masks by parameter name (1 keeps a weight).
@@ -60,8 +66,55 @@ fn kth(mut xs: Vec<f32>, k: usize) -> f32 {
 }
 
 /// Masks removing the smallest-magnitude fraction `sparsity` (in `[0, 1)`) of the prunable
-/// weights, per layer or globally. Weights already zero count as removed first.
+/// weights ([`prunable`]), per layer or globally. Weights already zero count as removed first.
 pub fn magnitude(vars: &VarMap, sparsity: f32, scope: Scope) -> Result<Masks> {
+    masks_over(vars, prunable(vars)?, &[], sparsity, scope)
+}
+
+/// [`magnitude`] for a model: only the weights its inference graph reads compete for the
+/// `sparsity` target; prunable weights used in training only (an auxiliary classifier) get
+/// all-zero masks, since the pruned model never runs them.
+pub fn magnitude_for(
+    model: &dyn Classifier,
+    vars: &VarMap,
+    sparsity: f32,
+    scope: Scope,
+) -> Result<Masks> {
+    let read: std::collections::HashSet<String> = model.graph().parameters().into_iter().collect();
+    let (inference, training_only): (Vec<String>, Vec<String>) =
+        prunable(vars)?.into_iter().partition(|n| read.contains(n));
+    masks_over(vars, inference, &training_only, sparsity, scope)
+}
+
+/// Per-weight scores of `scope` for one layer's magnitudes: the magnitudes themselves, or
+/// their LAMP scores.
+fn scores(mags: &[f32], scope: Scope) -> Vec<f32> {
+    if scope != Scope::Lamp {
+        return mags.to_vec();
+    }
+    let mut order: Vec<usize> = (0..mags.len()).collect();
+    order.sort_unstable_by(|&a, &b| mags[a].total_cmp(&mags[b]));
+    let mut out = vec![0f32; mags.len()];
+    let mut suffix = 0f64;
+    for &i in order.iter().rev() {
+        let sq = mags[i] as f64 * mags[i] as f64;
+        suffix += sq;
+        out[i] = if suffix > 0.0 {
+            (sq / suffix) as f32
+        } else {
+            0.0
+        };
+    }
+    out
+}
+
+fn masks_over(
+    vars: &VarMap,
+    names: Vec<String>,
+    removed: &[String],
+    sparsity: f32,
+    scope: Scope,
+) -> Result<Masks> {
     if !(0.0..1.0).contains(&sparsity) {
         return Err(CompressError::InvalidConfig {
             name: "sparsity",
@@ -69,34 +122,36 @@ pub fn magnitude(vars: &VarMap, sparsity: f32, scope: Scope) -> Result<Masks> {
             reason: "must be in [0, 1)",
         });
     }
-    let names = prunable(vars)?;
     let data = lock(vars)?;
-    let mut mags: Vec<(String, Vec<f32>, Tensor)> = Vec::new();
+    let mut layers: Vec<(String, Vec<f32>, Tensor)> = Vec::new();
     for n in names {
         let t = data[&n].as_tensor().clone();
         let v = t.abs()?.flatten_all()?.to_vec1::<f32>()?;
-        mags.push((n, v, t));
+        layers.push((n, scores(&v, scope), t));
+    }
+    let mut masks = BTreeMap::new();
+    for n in removed {
+        let t = data[n].as_tensor();
+        masks.insert(n.clone(), t.zeros_like()?);
     }
     drop(data);
-    let global = match scope {
-        Scope::Global => {
-            let all: Vec<f32> = mags.iter().flat_map(|m| m.1.iter().copied()).collect();
-            let k = (all.len() as f64 * sparsity as f64).floor() as usize;
-            Some(if k == 0 { -1.0 } else { kth(all, k - 1) })
+    let threshold = |xs: Vec<f32>| {
+        let k = (xs.len() as f64 * sparsity as f64).floor() as usize;
+        if k == 0 {
+            -1.0
+        } else {
+            kth(xs, k - 1)
         }
+    };
+    let global = match scope {
+        Scope::Global | Scope::Lamp => Some(threshold(
+            layers.iter().flat_map(|m| m.1.iter().copied()).collect(),
+        )),
         Scope::LayerWise => None,
     };
-    let mut masks = BTreeMap::new();
-    for (name, v, t) in mags {
-        let threshold = global.unwrap_or_else(|| {
-            let k = (v.len() as f64 * sparsity as f64).floor() as usize;
-            if k == 0 {
-                -1.0
-            } else {
-                kth(v.clone(), k - 1)
-            }
-        });
-        // Keep strictly larger magnitudes; ties at the threshold go (at most a few extra).
+    for (name, v, t) in layers {
+        let threshold = global.unwrap_or_else(|| threshold(v.clone()));
+        // Keep strictly larger scores; ties at the threshold go (at most a few extra).
         let keep: Vec<f32> = v.iter().map(|&m| (m > threshold) as u8 as f32).collect();
         masks.insert(name, Tensor::from_vec(keep, t.shape(), t.device())?);
     }
@@ -362,19 +417,69 @@ pub(crate) fn train_masked(
     Ok(last)
 }
 
-/// Iterative pruning (Han et al. 2015): `steps` rounds of pruning to a growing sparsity, up to
-/// `target`, each followed by masked fine-tuning ([`fine_tune`] with `cfg`, its learning-rate
-/// schedule restarting every round, its seed advanced by one a round). Returns the final masks.
+/// How the sparsity grows over the rounds of [`prune_iteratively`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PruneSchedule {
+    /// Equal relative cuts: after round `s` of `n`, `(1 - target)^(s / n)` of the weights
+    /// are kept.
+    #[default]
+    Geometric,
+    /// Zhu & Gupta (2017): sparsity `target * (1 - (1 - s / n)^3)`. Large cuts while the
+    /// network has weights to spare, small ones near the target, so the last rounds mostly
+    /// fine-tune at nearly the final sparsity.
+    Cubic,
+}
+
+impl PruneSchedule {
+    /// Sparsity after round `step` (1-based) of `steps`, reaching `target` at the last.
+    pub fn sparsity(self, target: f32, step: usize, steps: usize) -> f32 {
+        let t = step as f64 / steps.max(1) as f64;
+        let target = target as f64;
+        (match self {
+            Self::Geometric => 1.0 - (1.0 - target).powf(t),
+            Self::Cubic => target * (1.0 - (1.0 - t).powi(3)),
+        }) as f32
+    }
+}
+
+/// Settings of [`prune_iteratively`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PruneConfig {
+    /// Final sparsity of the weights inference reads, in `[0, 1)`.
+    pub target: f32,
+    /// Which weights compete for removal.
+    pub scope: Scope,
+    /// Prune-and-fine-tune rounds.
+    pub steps: usize,
+    /// How the sparsity grows from round to round.
+    pub schedule: PruneSchedule,
+}
+
+impl Default for PruneConfig {
+    /// 90% sparsity in 10 rounds of global magnitude pruning on the geometric schedule.
+    fn default() -> Self {
+        Self {
+            target: 0.9,
+            scope: Scope::Global,
+            steps: 10,
+            schedule: PruneSchedule::Geometric,
+        }
+    }
+}
+
+/// Iterative pruning (Han et al. 2015): `prune.steps` rounds of pruning to a growing sparsity
+/// (`prune.schedule`), up to `prune.target` over the weights inference reads
+/// ([`magnitude_for`]), each followed by masked fine-tuning ([`fine_tune`] with `cfg`, its
+/// learning-rate schedule restarting every round, its seed advanced by one a round). Returns
+/// the final masks.
 pub fn prune_iteratively(
     model: &dyn Classifier,
     vars: &VarMap,
-    target: f32,
-    scope: Scope,
-    steps: usize,
+    prune: &PruneConfig,
     train: &Dataset,
     cfg: &FineTuneConfig,
 ) -> Result<Masks> {
-    if steps == 0 {
+    if prune.steps == 0 {
         return Err(CompressError::InvalidConfig {
             name: "steps",
             value: "0".into(),
@@ -382,10 +487,9 @@ pub fn prune_iteratively(
         });
     }
     let mut masks = Masks::default();
-    for s in 1..=steps {
-        // Geometric schedule on the kept fraction: equal relative cuts per round.
-        let keep = (1.0 - target as f64).powf(s as f64 / steps as f64);
-        masks = magnitude(vars, (1.0 - keep) as f32, scope)?;
+    for s in 1..=prune.steps {
+        let sparsity = prune.schedule.sparsity(prune.target, s, prune.steps);
+        masks = magnitude_for(model, vars, sparsity, prune.scope)?;
         let round = FineTuneConfig {
             seed: cfg.seed.wrapping_add(s as u64 - 1),
             ..cfg.clone()

@@ -2,9 +2,13 @@
 
 mod common;
 
-use hdr_compress::{fine_tune, magnitude, prunable, sparsity_report, FineTuneConfig, Scope};
+use hdr_compress::{
+    fine_tune, magnitude, magnitude_for, prunable, sparsity_report, FineTuneConfig, Masks,
+    PruneSchedule, Scope,
+};
 use hdr_data::Dataset;
 use hdr_train::{LrSchedule, Schedule};
+use proptest::prelude::*;
 
 fn tiny_dataset(n: usize) -> Dataset {
     let x = common::synthetic(n, 9)
@@ -51,6 +55,90 @@ fn global_pruning_hits_the_target_overall_and_spares_no_layer_order() {
     assert!((z as f64 / p as f64 - 0.8).abs() < 0.01);
     assert!(magnitude(&vars, 1.0, Scope::Global).is_err());
     assert!(magnitude(&vars, -0.1, Scope::LayerWise).is_err());
+}
+
+proptest! {
+    #[test]
+    fn prune_schedules_grow_to_the_target(target in 0.0f32..0.99, steps in 1usize..30) {
+        for schedule in [PruneSchedule::Geometric, PruneSchedule::Cubic] {
+            let s: Vec<f32> = (1..=steps).map(|i| schedule.sparsity(target, i, steps)).collect();
+            prop_assert!((s[steps - 1] - target).abs() < 1e-6, "{schedule:?}: {s:?}");
+            prop_assert!(s.windows(2).all(|w| w[0] <= w[1]), "{schedule:?}: {s:?}");
+            prop_assert!(s.iter().all(|&x| (0.0..=target + 1e-6).contains(&x)));
+        }
+    }
+}
+
+#[test]
+fn the_cubic_schedule_cuts_less_near_the_end() {
+    let cut = |sched: PruneSchedule, step: usize| {
+        // Fraction of the still-kept weights that round `step` removes.
+        let before = 1.0 - sched.sparsity(0.9, step - 1, 10);
+        let after = 1.0 - sched.sparsity(0.9, step, 10);
+        1.0 - after / before
+    };
+    assert!(cut(PruneSchedule::Cubic, 1) > cut(PruneSchedule::Geometric, 1));
+    assert!(cut(PruneSchedule::Cubic, 10) < cut(PruneSchedule::Geometric, 10) / 10.0);
+    // Geometric: the same relative cut every round.
+    assert!((cut(PruneSchedule::Geometric, 1) - cut(PruneSchedule::Geometric, 10)).abs() < 1e-5);
+}
+
+fn kept(masks: &Masks, name: &str) -> Vec<f32> {
+    masks
+        .get(name)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn lamp_pruning_ignores_each_layers_scale_and_spares_every_layer() {
+    let (_, vars) = common::model("lenet5", 5);
+    let names = prunable(&vars).unwrap();
+    let before = magnitude(&vars, 0.95, Scope::Lamp).unwrap();
+    assert!((before.sparsity().unwrap() - 0.95).abs() < 0.01);
+    for n in &names {
+        assert!(kept(&before, n).contains(&1.0), "{n} lost every weight");
+    }
+    // Scaling one layer (as batch norm after it allows) moves the global threshold's masks
+    // but not LAMP's.
+    let global = magnitude(&vars, 0.95, Scope::Global).unwrap();
+    {
+        let data = vars.data().lock().unwrap();
+        let w = &data["c1.weight"];
+        w.set(&(w.as_tensor() * 100.0).unwrap()).unwrap();
+    }
+    let after = magnitude(&vars, 0.95, Scope::Lamp).unwrap();
+    for n in &names {
+        assert_eq!(kept(&before, n), kept(&after, n), "{n}");
+    }
+    let global_after = magnitude(&vars, 0.95, Scope::Global).unwrap();
+    assert_ne!(kept(&global, "c1.weight"), kept(&global_after, "c1.weight"));
+}
+
+#[test]
+fn training_only_heads_are_removed_and_left_out_of_the_target() {
+    let (model, vars) = common::model("mobilenet_hdr", 6);
+    let read = model.graph().parameters();
+    let masks = magnitude_for(model.as_ref(), &vars, 0.9, Scope::Global).unwrap();
+    let (mut kept_n, mut total) = (0usize, 0usize);
+    let mut heads = 0;
+    for n in prunable(&vars).unwrap() {
+        let k = kept(&masks, &n);
+        if read.contains(&n) {
+            kept_n += k.iter().filter(|&&x| x == 1.0).count();
+            total += k.len();
+        } else {
+            assert!(n.starts_with("aux."), "{n}");
+            assert!(k.iter().all(|&x| x == 0.0), "{n} is not removed");
+            heads += 1;
+        }
+    }
+    assert_eq!(heads, 2); // the auxiliary convolution and linear layer
+    let s = 1.0 - kept_n as f64 / total as f64;
+    assert!((s - 0.9).abs() < 0.01, "inference sparsity {s}");
 }
 
 #[test]

@@ -26,7 +26,14 @@ pub(crate) fn num_threads() -> usize {
 /// training step page-faults on almost every activation and gradient buffer (measured: ~9x
 /// more page faults on the small-MobileNet example). Raising the mmap threshold to glibc's
 /// maximum (32 MiB) and the trim threshold to 1 GiB keeps freed buffers mapped for reuse, at the
-/// cost of not returning peak memory to the OS. A no-op on other platforms.
+/// cost of not returning peak memory to the OS.
+///
+/// That retention is per arena, and glibc gives each thread that allocates its own arena:
+/// training steps run on rayon's workers ([`in_pool`]), so each worker kept its own peak
+/// (MobileNet-HDR's training benchmark: 185-300 MB resident instead of 165). Arenas are
+/// therefore capped at one, like `MALLOC_ARENA_MAX=1`, at the same measured speed. The cap
+/// applies to threads that have not allocated yet: call [`setup`] first thing in `main`,
+/// before anything (e.g. loading a dataset) runs on rayon's pool. A no-op on other platforms.
 pub fn tune_allocator() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -36,6 +43,7 @@ pub fn tune_allocator() {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     });
 }
