@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::data::augment::Compose;
+use hdr::data::augment::{Compose, ElasticDistortion};
 use hdr::train::{
     ensemble_logits, recipe, teacher_logits, train_and_evaluate, StudyData, StudyOutcome, Teacher,
     TrainConfig,
@@ -49,8 +49,8 @@ struct Args {
     /// model, validated and selected instead of the raw weights (default: each recipe's own).
     #[arg(long)]
     ema: Option<f64>,
-    /// Add elastic distortion (Simard et al. 2003) after each recipe's random affine
-    /// augmentation, for every model trained.
+    /// Add elastic distortion (Simard et al. 2003, `ElasticDistortion::default()`) after each
+    /// recipe's augmentation, for every model trained.
     #[arg(long)]
     elastic: bool,
     /// Run the teacher on every augmented batch instead of caching its logits of the clean
@@ -62,10 +62,26 @@ struct Args {
     data: Option<PathBuf>,
 }
 
+/// The study's recipe for `name` with the command line's overrides.
+fn train_config(name: &str, a: &Args) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        run_dir: Some(a.out_dir.join(name)),
+        ..recipe(name, a.epochs)
+    };
+    cfg.ema = a.ema.or(cfg.ema);
+    if a.elastic {
+        let before = cfg.augment.take().into_iter().collect();
+        cfg.augment = Some(Arc::new(
+            Compose::new(before).then(ElasticDistortion::default()),
+        ));
+    }
+    cfg
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
-    hdr::ops::setup();
+    hdr::ops::single_allocator_arena();
     let device = Device::Cpu;
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
@@ -97,14 +113,7 @@ fn main() -> anyhow::Result<()> {
                         done.file.clone()
                     } else {
                         println!("\n== {t} (teacher)");
-                        let mut cfg = TrainConfig {
-                            run_dir: Some(a.out_dir.join(t)),
-                            ..recipe(t, a.epochs)
-                        };
-                        cfg.ema = a.ema.or(cfg.ema);
-                        if a.elastic {
-                            cfg.augment = Some(Arc::new(Compose::affine_elastic()));
-                        }
+                        let cfg = train_config(t, &a);
                         let outcome = train_and_evaluate(
                             t,
                             &hdr::models::config(t)?,
@@ -156,14 +165,7 @@ fn main() -> anyhow::Result<()> {
                 ""
             }
         );
-        let mut cfg = TrainConfig {
-            run_dir: Some(a.out_dir.join(name)),
-            ..recipe(name, a.epochs)
-        };
-        cfg.ema = a.ema.or(cfg.ema);
-        if a.elastic {
-            cfg.augment = Some(Arc::new(Compose::affine_elastic()));
-        }
+        let cfg = train_config(name, &a);
         let outcome =
             train_and_evaluate(name, &config, splits, &cfg, distill.as_ref(), &a.out_dir)?;
         println!(

@@ -114,7 +114,7 @@ fn step<T>(msg: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
-    hdr::ops::setup();
+    hdr::ops::single_allocator_arena();
     if matches!(a.split, SplitArg::Validation) && a.markdown.is_some() {
         anyhow::bail!("--markdown records test-split results; drop it with --split validation");
     }

@@ -35,7 +35,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
-    hdr::ops::setup();
+    hdr::ops::single_allocator_arena();
     let device = Device::Cpu;
     let loaded = hdr::models::load_or_pretrained(&a.model, &device)?;
     let (data, split) = match (&a.images, &a.labels) {

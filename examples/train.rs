@@ -107,7 +107,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
-    hdr::ops::setup();
+    hdr::ops::single_allocator_arena();
     let device = Device::Cpu;
     let mnist = Mnist::load_with(&MnistOptions {
         dir: a.data.clone(),

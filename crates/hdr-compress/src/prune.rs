@@ -21,10 +21,12 @@ pub enum Scope {
     /// One magnitude threshold over all layers: layers with many small weights lose more.
     Global,
     /// One threshold over all layers on layer-adaptive magnitude scores (LAMP, Lee et al.
-    /// 2021): a weight's square over the sum of the squares of the weights of its layer that
-    /// are at least as large. The scores do not change when a layer's weights are scaled, so
-    /// layers followed by batch norm (whose weight scale means nothing) compete fairly, and
-    /// every layer keeps at least its largest weight.
+    /// 2021): with a layer's weights sorted by magnitude, a weight's square over the sum of
+    /// the squares of itself and the weights after it (equal magnitudes are ordered
+    /// arbitrarily, as in the paper's code). The scores do not change when a layer's weights
+    /// are scaled, so layers followed by batch norm (whose weight scale means nothing) compete
+    /// fairly. A layer's largest weight scores 1, so every layer with a non-zero weight keeps
+    /// one unless nearly everything is removed.
     Lamp,
 }
 
@@ -32,6 +34,9 @@ pub enum Scope {
 #[derive(Debug, Clone, Default)]
 pub struct Masks {
     masks: BTreeMap<String, Tensor>,
+    /// Training-only weights removed whole ([`magnitude_for`]): masked, but not part of the
+    /// pruned model's sparsity.
+    removed: std::collections::BTreeSet<String>,
 }
 
 pub(crate) fn lock(
@@ -73,7 +78,8 @@ pub fn magnitude(vars: &VarMap, sparsity: f32, scope: Scope) -> Result<Masks> {
 
 /// [`magnitude`] for a model: only the weights its inference graph reads compete for the
 /// `sparsity` target; prunable weights used in training only (an auxiliary classifier) get
-/// all-zero masks, since the pruned model never runs them.
+/// all-zero masks, since the pruned model never runs them (so a pruned model saved and
+/// trained on with its auxiliary loss starts that head from zero).
 pub fn magnitude_for(
     model: &dyn Classifier,
     vars: &VarMap,
@@ -83,6 +89,14 @@ pub fn magnitude_for(
     let read: std::collections::HashSet<String> = model.graph().parameters().into_iter().collect();
     let (inference, training_only): (Vec<String>, Vec<String>) =
         prunable(vars)?.into_iter().partition(|n| read.contains(n));
+    if inference.is_empty() && !training_only.is_empty() {
+        // Names that do not match would otherwise zero the whole model.
+        return Err(CompressError::InvalidConfig {
+            name: "model",
+            value: format!("{} prunable weights", training_only.len()),
+            reason: "its inference graph reads none of its variables' weights",
+        });
+    }
     masks_over(vars, inference, &training_only, sparsity, scope)
 }
 
@@ -131,8 +145,7 @@ fn masks_over(
     }
     let mut masks = BTreeMap::new();
     for n in removed {
-        let t = data[n].as_tensor();
-        masks.insert(n.clone(), t.zeros_like()?);
+        masks.insert(n.clone(), data[n].as_tensor().zeros_like()?);
     }
     drop(data);
     let threshold = |xs: Vec<f32>| {
@@ -155,7 +168,10 @@ fn masks_over(
         let keep: Vec<f32> = v.iter().map(|&m| (m > threshold) as u8 as f32).collect();
         masks.insert(name, Tensor::from_vec(keep, t.shape(), t.device())?);
     }
-    Ok(Masks { masks })
+    Ok(Masks {
+        masks,
+        removed: removed.iter().cloned().collect(),
+    })
 }
 
 impl Masks {
@@ -171,10 +187,15 @@ impl Masks {
         Ok(())
     }
 
-    /// Fraction of masked (removed) weights over the masked layers.
+    /// Fraction of masked (removed) weights over the masked layers, training-only weights
+    /// removed whole ([`magnitude_for`]) left out.
     pub fn sparsity(&self) -> Result<f64> {
         let (mut zeros, mut total) = (0f64, 0f64);
-        for m in self.masks.values() {
+        for (_, m) in self
+            .masks
+            .iter()
+            .filter(|(n, _)| !self.removed.contains(*n))
+        {
             total += m.elem_count() as f64;
             zeros += m.elem_count() as f64 - m.sum_all()?.to_scalar::<f32>()? as f64;
         }
@@ -431,9 +452,10 @@ pub enum PruneSchedule {
 }
 
 impl PruneSchedule {
-    /// Sparsity after round `step` (1-based) of `steps`, reaching `target` at the last.
+    /// Sparsity after round `step` (1-based) of `steps`, reaching `target` at the last (and
+    /// staying there after it).
     pub fn sparsity(self, target: f32, step: usize, steps: usize) -> f32 {
-        let t = step as f64 / steps.max(1) as f64;
+        let t = (step as f64 / steps.max(1) as f64).min(1.0);
         let target = target as f64;
         (match self {
             Self::Geometric => 1.0 - (1.0 - target).powf(t),
@@ -484,6 +506,14 @@ pub fn prune_iteratively(
             name: "steps",
             value: "0".into(),
             reason: "at least one prune-and-fine-tune round",
+        });
+    }
+    // Checked before any training: otherwise only the last round would refuse it.
+    if !(0.0..1.0).contains(&prune.target) {
+        return Err(CompressError::InvalidConfig {
+            name: "target",
+            value: prune.target.to_string(),
+            reason: "must be in [0, 1)",
         });
     }
     let mut masks = Masks::default();

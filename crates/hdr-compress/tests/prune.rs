@@ -3,8 +3,8 @@
 mod common;
 
 use hdr_compress::{
-    fine_tune, magnitude, magnitude_for, prunable, sparsity_report, FineTuneConfig, Masks,
-    PruneSchedule, Scope,
+    fine_tune, magnitude, magnitude_for, prunable, prune_iteratively, sparsity_report,
+    FineTuneConfig, Masks, PruneConfig, PruneSchedule, Scope,
 };
 use hdr_data::Dataset;
 use hdr_train::{LrSchedule, Schedule};
@@ -139,6 +139,70 @@ fn training_only_heads_are_removed_and_left_out_of_the_target() {
     assert_eq!(heads, 2); // the auxiliary convolution and linear layer
     let s = 1.0 - kept_n as f64 / total as f64;
     assert!((s - 0.9).abs() < 0.01, "inference sparsity {s}");
+    // The reported sparsity is the inference weights', the removed head left out.
+    assert!((masks.sparsity().unwrap() - s).abs() < 1e-9);
+}
+
+#[test]
+fn iterative_pruning_reaches_the_target_on_the_inference_weights() {
+    let (model, vars) = common::model("mobilenet_hdr", 7);
+    let cfg = FineTuneConfig {
+        batch_size: 16,
+        ..FineTuneConfig::default()
+    };
+    let prune = PruneConfig {
+        target: 0.8,
+        scope: Scope::Lamp,
+        steps: 2,
+        schedule: PruneSchedule::Cubic,
+    };
+    let data = tiny_dataset(32);
+    let masks = prune_iteratively(model.as_ref(), &vars, &prune, &data, &cfg).unwrap();
+    assert!((masks.sparsity().unwrap() - 0.8).abs() < 0.01);
+    let report = sparsity_report(&vars).unwrap();
+    for l in &report {
+        if l.name.starts_with("aux.") {
+            assert_eq!(l.zeros, l.params, "{}", l.name);
+        }
+    }
+    let (z, p) = report
+        .iter()
+        .filter(|l| !l.name.starts_with("aux."))
+        .fold((0, 0), |(z, p), l| (z + l.zeros, p + l.params));
+    assert!((z as f64 / p as f64 - 0.8).abs() < 0.01);
+    // A target out of range is refused before any training.
+    for target in [1.0, -0.1, f32::NAN] {
+        let bad = PruneConfig { target, ..prune };
+        assert!(prune_iteratively(model.as_ref(), &vars, &bad, &data, &cfg).is_err());
+    }
+}
+
+#[test]
+fn lamp_removes_weights_already_zero_first() {
+    let (_, vars) = common::model("lenet5", 8);
+    {
+        let data = vars.data().lock().unwrap();
+        let w = &data["f5.weight"];
+        let mut v = w
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        v[..500].iter_mut().for_each(|x| *x = 0.0);
+        let t = candle_core::Tensor::from_vec(v, w.shape(), w.device()).unwrap();
+        w.set(&t).unwrap();
+    }
+    let masks = magnitude(&vars, 0.01, Scope::Lamp).unwrap();
+    let f5 = kept(&masks, "f5.weight");
+    assert!(f5[..500].iter().all(|&k| k == 0.0));
+    // 1% of 61,470 weights is 614: the 500 zeros and 114 others.
+    let removed: usize = prunable(&vars)
+        .unwrap()
+        .iter()
+        .map(|n| kept(&masks, n).iter().filter(|&&k| k == 0.0).count())
+        .sum();
+    assert_eq!(removed, 614);
 }
 
 #[test]

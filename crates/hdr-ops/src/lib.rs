@@ -20,7 +20,9 @@
 //! [`tune_allocator`] runs on first use so that the fresh buffer every op returns is recycled
 //! instead of being page-faulted in from new `mmap`s; and unless `CANDLE_NUM_THREADS` is set,
 //! the first op sets it to 1 so that candle's own spin-waiting elementwise thread pool does not
-//! compete with rayon's (which runs this crate's kernels) for the cores.
+//! compete with rayon's (which runs this crate's kernels) for the cores. Training programs can
+//! also call [`single_allocator_arena`] first thing in `main` (the workspace's examples do): the
+//! retained buffers are per allocator arena, and training steps run on several threads.
 //!
 //! [`in_pool`] runs a whole evaluation forward pass on rayon's pool, so that its parallel
 //! kernels cost one thread hand-off instead of one each ([`in_pool_for`] keeps small work on the
@@ -66,4 +68,6 @@ pub use conv_bn::{conv_bn2d, conv_bn_chain2d, ChainOutput, ConvBnStage};
 pub use error::{OpsError, Result};
 pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
-pub use util::{in_pool, in_pool_for, setup, tune_allocator, IN_POOL_MIN_MACS};
+pub use util::{
+    in_pool, in_pool_for, setup, single_allocator_arena, tune_allocator, IN_POOL_MIN_MACS,
+};

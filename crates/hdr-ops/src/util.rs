@@ -26,14 +26,8 @@ pub(crate) fn num_threads() -> usize {
 /// training step page-faults on almost every activation and gradient buffer (measured: ~9x
 /// more page faults on the small-MobileNet example). Raising the mmap threshold to glibc's
 /// maximum (32 MiB) and the trim threshold to 1 GiB keeps freed buffers mapped for reuse, at the
-/// cost of not returning peak memory to the OS.
-///
-/// That retention is per arena, and glibc gives each thread that allocates its own arena:
-/// training steps run on rayon's workers ([`in_pool`]), so each worker kept its own peak
-/// (MobileNet-HDR's training benchmark: 185-300 MB resident instead of 165). Arenas are
-/// therefore capped at one, like `MALLOC_ARENA_MAX=1`, at the same measured speed. The cap
-/// applies to threads that have not allocated yet: call [`setup`] first thing in `main`,
-/// before anything (e.g. loading a dataset) runs on rayon's pool. A no-op on other platforms.
+/// cost of not returning peak memory to the OS: per allocator arena, see
+/// [`single_allocator_arena`]. A no-op on other platforms.
 pub fn tune_allocator() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -43,9 +37,31 @@ pub fn tune_allocator() {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     });
+}
+
+/// Makes every thread allocate from glibc's main arena, like `MALLOC_ARENA_MAX=1`; for the
+/// `main` of training programs, called before anything runs on rayon's pool.
+///
+/// glibc gives each thread that allocates its own arena, and [`tune_allocator`] has each arena
+/// keep its freed buffers: training steps run on rayon's workers ([`in_pool`]), so each worker
+/// kept its own peak (MobileNet-HDR's training benchmark: 185-300 MB resident instead of 165;
+/// one epoch of the `train` example on 8,000 images: 1.03-1.11 GB instead of 0.49) at the same
+/// speed on 2 cores. It changes the whole process, so it is opt-in, and it applies only to
+/// threads that have not allocated yet (and not at all once glibc has fixed its limit, when a
+/// process first has more than 8 arenas). Left alone when `MALLOC_ARENA_MAX` or
+/// `GLIBC_TUNABLES` is set. A no-op on other platforms.
+pub fn single_allocator_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
+    {
+        // SAFETY: as in `tune_allocator`.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
 }
 
 /// Output elements below which the pooling kernels run on the calling thread: a few
