@@ -49,6 +49,13 @@ struct Args {
     /// model, validated and selected instead of the raw weights (default: each recipe's own).
     #[arg(long)]
     ema: Option<f64>,
+    /// Distillation temperature T (default: the recipe's, 4).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Weight of the distillation term, the rest going to the labels (default: the recipe's,
+    /// 0.5).
+    #[arg(long)]
+    alpha: Option<f32>,
     /// Add elastic distortion (Simard et al. 2003, `ElasticDistortion::default()`) after each
     /// recipe's augmentation, for every model trained.
     #[arg(long)]
@@ -69,6 +76,8 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
         ..recipe(name, a.epochs)
     };
     cfg.ema = a.ema.or(cfg.ema);
+    cfg.distill.temperature = a.temperature.unwrap_or(cfg.distill.temperature);
+    cfg.distill.alpha = a.alpha.unwrap_or(cfg.distill.alpha);
     if a.elastic {
         let before = cfg.augment.take().into_iter().collect();
         cfg.augment = Some(Arc::new(
