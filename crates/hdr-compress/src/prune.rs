@@ -70,8 +70,9 @@ fn kth(mut xs: Vec<f32>, k: usize) -> f32 {
     *xs.select_nth_unstable_by(k, f32::total_cmp).1
 }
 
-/// Masks removing the smallest-magnitude fraction `sparsity` (in `[0, 1)`) of the prunable
-/// weights ([`prunable`]), per layer or globally. Weights already zero count as removed first.
+/// Masks removing the fraction `sparsity` (in `[0, 1)`) of the prunable weights ([`prunable`])
+/// with the smallest magnitudes (or LAMP scores), per layer or over all layers ([`Scope`]).
+/// Weights already zero count as removed first.
 pub fn magnitude(vars: &VarMap, sparsity: f32, scope: Scope) -> Result<Masks> {
     masks_over(vars, prunable(vars)?, &[], sparsity, scope)
 }
