@@ -15,6 +15,10 @@
 //! - [`evaluate`]: the `hdr-metrics` classification report; [`measure_efficiency`]: latency,
 //!   size and peak memory.
 //!
+//! Training steps run on rayon's worker threads; on Linux/glibc, a training program that calls
+//! `hdr_ops::single_allocator_arena()` first thing in `main` (as the workspace's examples do)
+//! keeps one allocator arena instead of one per worker, about half the peak memory.
+//!
 //! ```no_run
 //! use candle_core::{DType, Device};
 //! use candle_nn::{VarBuilder, VarMap};
