@@ -56,6 +56,9 @@ struct Args {
     /// 0.5).
     #[arg(long)]
     alpha: Option<f32>,
+    /// Label smoothing of the hard-label term (default: the recipe's, none).
+    #[arg(long)]
+    label_smoothing: Option<f32>,
     /// Add elastic distortion (Simard et al. 2003, `ElasticDistortion::default()`) after each
     /// recipe's augmentation, for every model trained.
     #[arg(long)]
@@ -78,6 +81,7 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
     cfg.ema = a.ema.or(cfg.ema);
     cfg.distill.temperature = a.temperature.unwrap_or(cfg.distill.temperature);
     cfg.distill.alpha = a.alpha.unwrap_or(cfg.distill.alpha);
+    cfg.label_smoothing = a.label_smoothing.unwrap_or(cfg.label_smoothing);
     if a.elastic {
         let before = cfg.augment.take().into_iter().collect();
         cfg.augment = Some(Arc::new(

@@ -5,7 +5,8 @@
 //! batch-256 throughput.
 //!
 //! Fine-tuning (unstructured rounds and structured) uses the augmentation the zoo trains with and
-//! a learning rate decaying from `--lr` to a hundredth within every run.
+//! a learning rate decaying from `--lr` to a hundredth within every run, distilling from
+//! `--teacher` if one is named. `--measure-only` measures the variants of an earlier run again.
 //!
 //! `cargo run --release --example compress -- lenet5 --fine-tune-epochs 1 --structured-epochs 2`
 
@@ -15,11 +16,11 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use clap::Parser;
 use hdr::compress::{
-    measure, prune_iteratively, render_text, results_markdown, write_results, FineTuneConfig,
-    Inference, MeasureSettings, PruneConfig, PruneSchedule, QuantizeConfig, QuantizedModel, Scope,
-    StructuredConfig, StructuredModel, VariantReport,
+    inference_sparsity, measure, prune_iteratively, render_text, results_markdown, write_results,
+    FineTuneConfig, Inference, MeasureSettings, PruneConfig, PruneSchedule, QuantizeConfig,
+    QuantizedModel, Scope, SoftTargets, StructuredConfig, StructuredModel, VariantReport,
 };
-use hdr::train::StudyData;
+use hdr::train::{teacher_logits, DistillConfig, StudyData};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -60,6 +61,24 @@ struct Args {
     /// fine-tuning run and use it instead of the last step's weights.
     #[arg(long)]
     ema: Option<f64>,
+    /// Distil from this teacher while fine-tuning (unstructured rounds and structured): a model
+    /// file or the name of a shipped pretrained model, its logits on the training images
+    /// computed once.
+    #[arg(long)]
+    teacher: Option<String>,
+    /// Distillation temperature T.
+    #[arg(long, default_value_t = 4.0)]
+    temperature: f32,
+    /// Weight of the distillation term, the rest going to the labels.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Seed of the fine-tuning runs' shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Quantize and prune nothing: measure the variants an earlier run saved in `--out-dir`
+    /// again (e.g. on a quiet machine), with the same model and split.
+    #[arg(long)]
+    measure_only: bool,
     /// Fine-tune without the random affine augmentation the zoo's models are trained with.
     #[arg(long)]
     no_augment: bool,
@@ -120,33 +139,147 @@ fn main() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let dev = Device::Cpu;
-    let load = || -> anyhow::Result<hdr::models::LoadedModel> {
-        Ok(if Path::new(&a.model).is_file() {
-            hdr::models::load(Path::new(&a.model), &dev)?
-        } else {
-            hdr::models::pretrained(&a.model, &dev)?
-        })
-    };
-    let dense = load()?;
+    let dense = open(&a.model, &dev)?;
     let name = dense.name.clone();
     let data = step("loading MNIST", || {
         Ok(StudyData::load(a.data.clone(), a.train_subset)?)
     })?;
+    let file = |variant: &str| a.out_dir.join(format!("{name}-{variant}.safetensors"));
+    let folded = StructuredModel::fold(&name, &dense.model.graph(), &dense.vars)?;
+    let v = if a.measure_only {
+        step(
+            &format!("loading the variants in {}", a.out_dir.display()),
+            || {
+                let sparse = hdr::compress::load_sparse(&file("pruned"), &dev)?;
+                if sparse.name != name {
+                    anyhow::bail!(
+                        "{} holds {}, not {name}",
+                        file("pruned").display(),
+                        sparse.name
+                    );
+                }
+                Ok(Variants {
+                    sparsity: inference_sparsity(sparse.model.as_ref(), &sparse.vars)?,
+                    int8: QuantizedModel::load(&file("int8"))?,
+                    sparse,
+                    structured: StructuredModel::load(&file("structured"), &dev)?,
+                    structured_int8: QuantizedModel::load(&file("structured-int8"))?,
+                })
+            },
+        )?
+    } else {
+        compress(&a, &dense, &folded, &data, &file, &dev)?
+    };
+
+    let variants: [(&str, &dyn Inference); 5] = [
+        ("f32", &dense),
+        ("int8", &v.int8),
+        ("pruned", &v.sparse),
+        ("structured", &v.structured),
+        ("structured-int8", &v.structured_int8),
+    ];
+    let settings = MeasureSettings::default();
+    let (eval, split_name) = match a.split {
+        SplitArg::Test => (&data.test, "MNIST test split"),
+        SplitArg::Validation => (&data.val, "validation split"),
+    };
+    let mut rows: Vec<VariantReport> = Vec::new();
+    for (variant, model) in variants {
+        rows.push(step(&format!("measuring {variant}"), || {
+            Ok(measure(variant, model, &file(variant), eval, &settings)?)
+        })?);
+    }
+
+    println!(
+        "\n{name}: unstructured sparsity {:.1}% of the prunable weights",
+        100.0 * v.sparsity
+    );
+    let widths: Vec<String> = folded
+        .widths()?
+        .iter()
+        .zip(v.structured.widths()?)
+        .map(|(before, after)| format!("{} {}->{}", before.layer, before.channels, after.channels))
+        .collect();
+    println!("structured widths: {}", widths.join(", "));
+    println!(
+        "{split_name} ({} images); variants in {}\n",
+        eval.len(),
+        a.out_dir.display()
+    );
+    print!("{}", render_text(&rows));
+
+    if let Some(path) = &a.markdown {
+        let command = format!(
+            "cargo run --release --example compress -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        write_results(
+            path,
+            &name,
+            &results_markdown(&name, &rows, &command, started.elapsed()),
+        )?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The compressed variants of one model.
+struct Variants {
+    int8: QuantizedModel,
+    sparse: hdr::models::LoadedModel,
+    /// Of the inference weights of `sparse`.
+    sparsity: f64,
+    structured: StructuredModel,
+    structured_int8: QuantizedModel,
+}
+
+/// Quantizes and prunes `dense` as `a` says, saving each variant where `file` names.
+fn compress(
+    a: &Args,
+    dense: &hdr::models::LoadedModel,
+    folded: &StructuredModel,
+    data: &StudyData,
+    file: &dyn Fn(&str) -> PathBuf,
+    dev: &Device,
+) -> anyhow::Result<Variants> {
+    let name = &dense.name;
     let calibration = hdr::compress::calibration_batches(&data.train, 512)?;
     let mut tune = FineTuneConfig {
         epochs: a.fine_tune_epochs,
         ema: a.ema,
+        seed: a.seed,
         ..FineTuneConfig::with_lr(a.lr)
     };
     if a.no_augment {
         tune.augment = None;
     }
-    let file = |variant: &str| a.out_dir.join(format!("{name}-{variant}.safetensors"));
+    if let Some(teacher) = &a.teacher {
+        let logits = step(
+            &format!("teacher {teacher}: logits of the training images"),
+            || {
+                let t = open(teacher, dev)?;
+                Ok(teacher_logits(
+                    t.model.as_ref(),
+                    &data.train,
+                    tune.normalize,
+                    None,
+                    dev,
+                )?)
+            },
+        )?;
+        tune.teacher = Some(SoftTargets {
+            logits,
+            distill: DistillConfig {
+                temperature: a.temperature,
+                alpha: a.alpha,
+            },
+        });
+    }
 
-    hdr::models::save(&file("f32"), &name, &dense.config, &dense.vars)?;
+    hdr::models::save(&file("f32"), name, &dense.config, &dense.vars)?;
     let int8 = step("int8: calibrating and quantizing", || {
         let q = QuantizedModel::quantize(
-            &name,
+            name,
             &dense.model.graph(),
             &dense.vars,
             &calibration,
@@ -155,7 +288,7 @@ fn main() -> anyhow::Result<()> {
         q.save(&file("int8"))?;
         Ok(q)
     })?;
-    let sparse = load()?;
+    let sparse = open(&a.model, dev)?;
     let masks = step(
         &format!(
             "unstructured: {} rounds of pruning to {:.0}% and fine-tuning",
@@ -185,8 +318,7 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     // Stored as bitmaps and non-zero values: the saving shows in the file size.
-    hdr::compress::save_sparse(&file("pruned"), &name, &sparse.config, &sparse.vars)?;
-    let folded = StructuredModel::fold(&name, &dense.model.graph(), &dense.vars)?;
+    hdr::compress::save_sparse(&file("pruned"), name, &sparse.config, &sparse.vars)?;
     let structured = step(
         &format!(
             "structured: pruning to {:.0}% of the MACs and fine-tuning",
@@ -212,55 +344,20 @@ fn main() -> anyhow::Result<()> {
         q.save(&file("structured-int8"))?;
         Ok(q)
     })?;
+    Ok(Variants {
+        int8,
+        sparse,
+        sparsity: masks.sparsity()?,
+        structured,
+        structured_int8,
+    })
+}
 
-    let variants: [(&str, &dyn Inference); 5] = [
-        ("f32", &dense),
-        ("int8", &int8),
-        ("pruned", &sparse),
-        ("structured", &structured),
-        ("structured-int8", &structured_int8),
-    ];
-    let settings = MeasureSettings::default();
-    let (eval, split_name) = match a.split {
-        SplitArg::Test => (&data.test, "MNIST test split"),
-        SplitArg::Validation => (&data.val, "validation split"),
-    };
-    let mut rows: Vec<VariantReport> = Vec::new();
-    for (variant, model) in variants {
-        rows.push(step(&format!("measuring {variant}"), || {
-            Ok(measure(variant, model, &file(variant), eval, &settings)?)
-        })?);
-    }
-
-    println!(
-        "\n{name}: unstructured sparsity {:.1}% of the prunable weights",
-        100.0 * masks.sparsity()?
-    );
-    let widths: Vec<String> = folded
-        .widths()?
-        .iter()
-        .zip(structured.widths()?)
-        .map(|(before, after)| format!("{} {}->{}", before.layer, before.channels, after.channels))
-        .collect();
-    println!("structured widths: {}", widths.join(", "));
-    println!(
-        "{split_name} ({} images); variants in {}\n",
-        eval.len(),
-        a.out_dir.display()
-    );
-    print!("{}", render_text(&rows));
-
-    if let Some(path) = &a.markdown {
-        let command = format!(
-            "cargo run --release --example compress -- {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-        );
-        write_results(
-            path,
-            &name,
-            &results_markdown(&name, &rows, &command, started.elapsed()),
-        )?;
-        println!("\nwrote {}", path.display());
-    }
-    Ok(())
+/// A model file, or the name of a shipped pretrained model.
+fn open(model: &str, dev: &Device) -> anyhow::Result<hdr::models::LoadedModel> {
+    Ok(if Path::new(model).is_file() {
+        hdr::models::load(Path::new(model), dev)?
+    } else {
+        hdr::models::pretrained(model, dev)?
+    })
 }

@@ -22,7 +22,9 @@
 //!   [`save_sparse`] / [`load_sparse`] store a pruned model as bitmaps and non-zero values
 //!   (90% sparse LeNet-5: 35 kB instead of 247 kB). Fine-tuning ([`FineTuneConfig`]) follows
 //!   the zoo's training recipe: random affine augmentation and Adam with a learning rate
-//!   decaying (cosine) within every run.
+//!   decaying (cosine) within every run; it can distil from a stronger model's precomputed
+//!   logits ([`SoftTargets`]), which took 90%-sparse LeNet-5 from -0.14 to -0.10 points.
+//!   [`inference_sparsity`] measures a pruned model read back from its file.
 //! - **Structured pruning** (Li et al. 2017): [`StructuredModel::fold`] folds a model's batch
 //!   norms into its convolutions (the folding quantization uses); [`StructuredModel::prune`]
 //!   removes whole convolution channels and hidden units by the L1 norm of their filters, the
@@ -89,8 +91,9 @@ pub use measure::{
 pub use model::{calibration_batches, LayerError, QuantizeConfig, QuantizedModel};
 pub use pretrained::{pretrained_int8, pretrained_int8_names};
 pub use prune::{
-    fine_tune, magnitude, magnitude_for, prunable, prune_iteratively, sparsity_report,
-    FineTuneConfig, LayerSparsity, Masks, PruneConfig, PruneSchedule, Scope,
+    fine_tune, inference_sparsity, magnitude, magnitude_for, prunable, prune_iteratively,
+    sparsity_report, FineTuneConfig, LayerSparsity, Masks, PruneConfig, PruneSchedule, Scope,
+    SoftTargets,
 };
 pub use quant::{
     dequantize, quantize, quantize_per_channel, Observer, PerChannel, QuantParams, RangeObserver,

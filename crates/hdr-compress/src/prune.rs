@@ -8,7 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use hdr_data::{Augment, BatchConfig, Dataset, Normalize, RandomAffine};
 use hdr_models::Classifier;
-use hdr_train::{cross_entropy, Ema, LrSchedule, Optimizer, OptimizerConfig, Schedule};
+use hdr_train::{
+    cross_entropy, distillation_loss, DistillConfig, Ema, LrSchedule, Optimizer, OptimizerConfig,
+    Schedule,
+};
 
 use crate::error::{CompressError, Result};
 
@@ -261,6 +264,22 @@ pub fn sparsity_report(vars: &VarMap) -> Result<Vec<LayerSparsity>> {
         .collect()
 }
 
+/// Fraction of zeros among the prunable weights `model`'s inference graph reads: the sparsity
+/// [`Masks::sparsity`] reports for the masks of [`magnitude_for`], measured on the weights
+/// themselves (e.g. of a pruned model read back with [`crate::load_sparse`]).
+pub fn inference_sparsity(model: &dyn Classifier, vars: &VarMap) -> Result<f64> {
+    let read: std::collections::HashSet<String> = model.graph().parameters().into_iter().collect();
+    let (zeros, params) = sparsity_report(vars)?
+        .iter()
+        .filter(|l| read.contains(&l.name))
+        .fold((0, 0), |(z, p), l| (z + l.zeros, p + l.params));
+    Ok(if params == 0 {
+        0.0
+    } else {
+        zeros as f64 / params as f64
+    })
+}
+
 /// Settings of [`fine_tune`], [`prune_iteratively`] and [`crate::StructuredModel::fine_tune`].
 ///
 /// Plain data: build it with struct-update syntax from [`FineTuneConfig::default`] or
@@ -293,6 +312,20 @@ pub struct FineTuneConfig {
     /// fine-tuning run and left in the variables at its end instead of the last step's
     /// weights. Pruned weights are zero at every step, so their average stays exactly zero.
     pub ema: Option<f64>,
+    /// Knowledge distillation during fine-tuning: the loss mixes the labels with a teacher's
+    /// softened logits instead of using the labels alone.
+    pub teacher: Option<SoftTargets>,
+}
+
+/// A teacher's logits on every sample of the fine-tuning set, precomputed once on the
+/// un-augmented images ([`hdr_train::teacher_logits`]), and how to distil from them
+/// ([`hdr_train::distillation_loss`]).
+#[derive(Debug, Clone)]
+pub struct SoftTargets {
+    /// `[n, classes]`: row `i` belongs to sample `i` of the fine-tuning set.
+    pub logits: Tensor,
+    /// Temperature and the weight of the soft term.
+    pub distill: DistillConfig,
 }
 
 impl FineTuneConfig {
@@ -328,15 +361,35 @@ impl FineTuneConfig {
                 } => pct_start > 0.0 && pct_start < 1.0 && div_factor >= 1.0 && final_div >= 1.0,
             };
         let ema_ok = self.ema.is_none_or(|d| d > 0.0 && d < 1.0);
-        if self.epochs == 0 || self.batch_size == 0 || !schedule_ok || !ema_ok {
+        let teacher_ok = self.teacher.as_ref().is_none_or(|t| {
+            let d = t.distill;
+            d.temperature.is_finite() && d.temperature > 0.0 && (0.0..=1.0).contains(&d.alpha)
+        });
+        if self.epochs == 0 || self.batch_size == 0 || !schedule_ok || !ema_ok || !teacher_ok {
             return Err(CompressError::InvalidConfig {
                 name: "fine-tune",
-                value: format!("{self:?}"),
+                value: format!("{:?}", (self.epochs, self.batch_size, &self.lr, self.ema)),
                 reason: "needs epochs >= 1, batch_size >= 1, a learning rate > 0 with a valid \
-                         schedule and a moving-average decay (if any) in (0, 1)",
+                         schedule, a moving-average decay (if any) in (0, 1) and a teacher \
+                         (if any) with temperature > 0 and alpha in [0, 1]",
             });
         }
         Ok(())
+    }
+
+    /// The teacher's logits of the samples `indices`, checked against the fine-tuning set.
+    fn soft_targets(&self, train: &Dataset) -> Result<Option<(&Tensor, DistillConfig)>> {
+        let Some(t) = &self.teacher else {
+            return Ok(None);
+        };
+        match t.logits.dims() {
+            [n, _] if *n == train.len() => Ok(Some((&t.logits, t.distill))),
+            dims => Err(CompressError::InvalidConfig {
+                name: "teacher logits",
+                value: format!("{dims:?}"),
+                reason: "need one row per sample of the fine-tuning set",
+            }),
+        }
     }
 }
 
@@ -356,6 +409,7 @@ impl Default for FineTuneConfig {
             seed: 0,
             normalize: Normalize::UnitRange,
             ema: None,
+            teacher: None,
         }
     }
 }
@@ -388,6 +442,7 @@ pub(crate) fn train_masked(
     cfg: &FineTuneConfig,
 ) -> Result<f64> {
     cfg.validate()?;
+    let teacher = cfg.soft_targets(train)?;
     let mut opt = Optimizer::new(&OptimizerConfig::default(), vars)?;
     masks.apply(vars)?;
     let mut ema = cfg.ema.map(|d| Ema::new(d, vars)).transpose()?;
@@ -416,7 +471,22 @@ pub(crate) fn train_masked(
             // On rayon's pool: one thread hand-off per step instead of one per kernel.
             let loss = hdr_models::init::in_pool(|| -> Result<f32> {
                 let logits = forward(&batch.images)?;
-                let loss = cross_entropy(&logits, &batch.labels, 0.0)?;
+                let loss = match teacher {
+                    None => cross_entropy(&logits, &batch.labels, 0.0)?,
+                    Some((all, d)) => {
+                        let idx: Vec<u32> = batch.indices.iter().map(|&i| i as u32).collect();
+                        let idx = Tensor::from_vec(idx, batch.indices.len(), all.device())?;
+                        let soft = all.index_select(&idx, 0)?.to_device(logits.device())?;
+                        distillation_loss(
+                            &logits,
+                            &soft,
+                            &batch.labels,
+                            d.temperature,
+                            d.alpha,
+                            0.0,
+                        )?
+                    }
+                };
                 let grads = loss.backward()?;
                 opt.step(
                     &grads,

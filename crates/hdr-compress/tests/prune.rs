@@ -3,11 +3,11 @@
 mod common;
 
 use hdr_compress::{
-    fine_tune, magnitude, magnitude_for, prunable, prune_iteratively, sparsity_report,
-    FineTuneConfig, Masks, PruneConfig, PruneSchedule, Scope,
+    fine_tune, inference_sparsity, magnitude, magnitude_for, prunable, prune_iteratively,
+    sparsity_report, FineTuneConfig, Masks, PruneConfig, PruneSchedule, Scope, SoftTargets,
 };
 use hdr_data::Dataset;
-use hdr_train::{LrSchedule, Schedule};
+use hdr_train::{DistillConfig, LrSchedule, Schedule};
 use proptest::prelude::*;
 
 fn tiny_dataset(n: usize) -> Dataset {
@@ -170,6 +170,9 @@ fn iterative_pruning_reaches_the_target_on_the_inference_weights() {
         .filter(|l| !l.name.starts_with("aux."))
         .fold((0, 0), |(z, p), l| (z + l.zeros, p + l.params));
     assert!((z as f64 / p as f64 - 0.8).abs() < 0.01);
+    // Measured on the weights, as for a pruned model read back from its file.
+    let measured = inference_sparsity(model.as_ref(), &vars).unwrap();
+    assert_eq!(measured, z as f64 / p as f64);
     // A target out of range is refused before any training.
     for target in [1.0, -0.1, f32::NAN] {
         let bad = PruneConfig { target, ..prune };
@@ -279,6 +282,19 @@ fn fine_tuning_rejects_bad_settings() {
             ..FineTuneConfig::default()
         },
         FineTuneConfig::with_lr(f64::NAN),
+        // Teacher logits for 31 samples of a 32-sample set.
+        FineTuneConfig {
+            teacher: Some(soft_targets(&shifted_logits(31), 1.0, 0.5)),
+            ..FineTuneConfig::default()
+        },
+        FineTuneConfig {
+            teacher: Some(soft_targets(&shifted_logits(32), 1.0, 1.5)),
+            ..FineTuneConfig::default()
+        },
+        FineTuneConfig {
+            teacher: Some(soft_targets(&shifted_logits(32), 0.0, 0.5)),
+            ..FineTuneConfig::default()
+        },
         FineTuneConfig {
             lr: LrSchedule {
                 schedule: Schedule::Cosine { min_lr: -1e-5 },
@@ -299,4 +315,61 @@ fn fine_tuning_rejects_bad_settings() {
     assert_eq!(d.lr.base_lr, 2e-3);
     assert!((d.lr.lr(0, 100, 10) - 2e-3).abs() < 1e-12);
     assert!((d.lr.lr(100, 100, 10) - 2e-5).abs() < 1e-12);
+}
+
+/// Teacher logits for `tiny_dataset(n)` that put sample `i` in class `(i + 1) % 10`, never its
+/// label `i % 10`.
+fn shifted_logits(n: usize) -> Vec<f32> {
+    (0..n)
+        .flat_map(|i| (0..10).map(move |c| if c == (i + 1) % 10 { 8.0 } else { 0.0 }))
+        .collect()
+}
+
+fn soft_targets(logits: &[f32], temperature: f32, alpha: f32) -> SoftTargets {
+    let n = logits.len() / 10;
+    SoftTargets {
+        logits: candle_core::Tensor::from_slice(logits, (n, 10), &candle_core::Device::Cpu)
+            .unwrap(),
+        distill: DistillConfig { temperature, alpha },
+    }
+}
+
+#[test]
+fn fine_tuning_follows_the_teacher_it_is_given() {
+    // The teacher disagrees with every label. With alpha = 1 the labels carry no weight and the
+    // model must move towards the teacher's classes; with alpha = 0, towards the labels.
+    let n = 64;
+    let data = tiny_dataset(n);
+    let x = common::synthetic(n, 9);
+    let mean_prob = |model: &dyn hdr_models::Classifier, shift: usize| -> f32 {
+        let p = candle_nn::ops::softmax_last_dim(&model.forward(&x).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        (0..n).map(|i| p[i][(i + shift) % 10]).sum::<f32>() / n as f32
+    };
+    // Mean probability of the teacher's classes and of the labels after fine-tuning.
+    let tune = |alpha: f32| -> (f32, f32) {
+        let (model, vars) = common::model("lenet5", 5);
+        let masks = magnitude(&vars, 0.5, Scope::Global).unwrap();
+        let cfg = FineTuneConfig {
+            epochs: 12,
+            batch_size: 16,
+            augment: None,
+            teacher: Some(soft_targets(&shifted_logits(n), 1.0, alpha)),
+            ..FineTuneConfig::with_lr(3e-3)
+        };
+        fine_tune(model.as_ref(), &vars, &masks, &data, &cfg).unwrap();
+        (mean_prob(model.as_ref(), 1), mean_prob(model.as_ref(), 0))
+    };
+    let (teacher, labels) = tune(1.0);
+    assert!(
+        teacher > 0.25 && teacher > 3.0 * labels,
+        "alpha 1: teacher's classes {teacher}, labels {labels}"
+    );
+    let (teacher, labels) = tune(0.0);
+    assert!(
+        labels > 0.25 && labels > 3.0 * teacher,
+        "alpha 0: teacher's classes {teacher}, labels {labels}"
+    );
 }
