@@ -377,7 +377,7 @@ impl FineTuneConfig {
         Ok(())
     }
 
-    /// The teacher's logits of the samples `indices`, checked against the fine-tuning set.
+    /// The teacher's logits and settings, once its rows are checked against the fine-tuning set.
     fn soft_targets(&self, train: &Dataset) -> Result<Option<(&Tensor, DistillConfig)>> {
         let Some(t) = &self.teacher else {
             return Ok(None);
