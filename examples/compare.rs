@@ -59,6 +59,13 @@ struct Args {
     /// Label smoothing of the hard-label term (default: the recipe's, none).
     #[arg(long)]
     label_smoothing: Option<f32>,
+    /// Peak learning rate of every model's one-cycle schedule (default: the recipe's).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay (decoupled for AdamW: each step shrinks weights by lr * wd; default: the
+    /// recipe's).
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Add elastic distortion (Simard et al. 2003, `ElasticDistortion::default()`) after each
     /// recipe's augmentation, for every model trained.
     #[arg(long)]
@@ -82,6 +89,8 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
     cfg.distill.temperature = a.temperature.unwrap_or(cfg.distill.temperature);
     cfg.distill.alpha = a.alpha.unwrap_or(cfg.distill.alpha);
     cfg.label_smoothing = a.label_smoothing.unwrap_or(cfg.label_smoothing);
+    cfg.lr.base_lr = a.lr.unwrap_or(cfg.lr.base_lr);
+    cfg.optimizer.weight_decay = a.weight_decay.unwrap_or(cfg.optimizer.weight_decay);
     if a.elastic {
         let before = cfg.augment.take().into_iter().collect();
         cfg.augment = Some(Arc::new(

@@ -1,9 +1,11 @@
 //! Integer kernels on NHWC u8 activations and int8 weights, accumulating in i32.
 //!
-//! The matrix product (u8 x i8 -> i32) is the one place where SIMD pays; it uses AVX-512 VNNI
-//! (`vpdpbusd`, 16 lanes) or AVX-VNNI (8 lanes) when the CPU has them, detected at run time,
-//! and a portable loop otherwise. Integer sums are exact, so every path gives bit-identical
-//! results; everything after the sums (requantization, pooling, additions) is shared code.
+//! The matrix product (u8 x i8 -> i32) is where SIMD pays most; it uses AVX-512 VNNI
+//! (`vpdpbusd`, 16 lanes) or AVX-VNNI (8 lanes) when the CPU has them, AVX2 (`vpmaddwd` on
+//! codes widened to i16) on CPUs without VNNI, detected at run time, and a portable loop
+//! otherwise. Integer sums are exact, so every path gives bit-identical results; everything
+//! after the sums (requantization, pooling, additions) is shared code, compiled for AVX-512 or
+//! AVX2 where the CPU has them (requantization with hand-written AVX2 on 32-bit lanes).
 //!
 //! Requantization multiplies an i32 accumulator by a real factor held as a 31-bit fixed-point
 //! mantissa and a right shift, and rounds **half away from zero**, like [`QuantParams`]'s
@@ -26,14 +28,20 @@ pub enum Isa {
     Avx512Vnni,
     /// AVX-VNNI: `vpdpbusd` on 256-bit vectors (VEX-encoded).
     AvxVnni,
+    /// AVX2 without VNNI: codes widened to i16 and `vpmaddwd`, which sums pairs of products
+    /// into i32 lanes without saturating (unlike `vpmaddubsw`), so the sums stay exact.
+    Avx2,
     /// Plain Rust, auto-vectorised; same results.
     Portable,
 }
 
 impl Isa {
+    /// Every path, fastest first.
+    pub const ALL: [Self; 4] = [Self::Avx512Vnni, Self::AvxVnni, Self::Avx2, Self::Portable];
+
     /// The best instruction set this CPU supports.
     pub fn detect() -> Self {
-        [Self::Avx512Vnni, Self::AvxVnni]
+        Self::ALL
             .into_iter()
             .find(|i| i.available())
             .unwrap_or(Self::Portable)
@@ -51,6 +59,8 @@ impl Isa {
             Self::AvxVnni => {
                 is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => is_x86_feature_detected!("avx2"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -79,6 +89,9 @@ pub struct PackedWeights {
     rows: Vec<i8>,
     /// `[n / 16][kp / 4][16][4]`, zero padded: one 64-byte vector per group of 4 k's.
     blocks: Vec<i8>,
+    /// `[n / 16][kp / 2][16][2]` widened to i16, zero padded: two 32-byte vectors per pair of
+    /// k's, for [`Isa::Avx2`].
+    pairs: Vec<i16>,
     /// Row sums, for the activation zero-point correction.
     sums: Vec<i32>,
 }
@@ -122,6 +135,7 @@ impl PackedWeights {
         let nblocks = n.div_ceil(NB);
         let mut rows = vec![0i8; n * kp];
         let mut blocks = vec![0i8; nblocks * NB * kp];
+        let mut pairs = vec![0i16; nblocks * NB * kp];
         let mut sums = vec![0i32; n];
         for j in 0..n {
             let src = &w[j * k..(j + 1) * k];
@@ -132,6 +146,7 @@ impl PackedWeights {
             let (b, lane) = (j / NB, j % NB);
             for (kk, &v) in rows[j * kp..(j + 1) * kp].iter().enumerate() {
                 blocks[b * NB * kp + (kk / 4) * NB * 4 + lane * 4 + kk % 4] = v;
+                pairs[b * NB * kp + (kk / 2) * NB * 2 + lane * 2 + kk % 2] = v as i16;
             }
         }
         Self {
@@ -141,6 +156,7 @@ impl PackedWeights {
             taps,
             rows,
             blocks,
+            pairs,
             sums,
         }
     }
@@ -346,9 +362,30 @@ fn gemm_at(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX-VNNI.
         Isa::AvxVnni => unsafe { x86::gemm_avx256(a, m, row, geo, w, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // `vpmaddwd` takes i16 codes: widen the bytes every row reads, once.
+            let span = span.unwrap_or(0);
+            let (lo, hi) = (0..m).fold((usize::MAX, 0), |(lo, hi), r| {
+                let at = row(r);
+                (lo.min(at), hi.max(at + span))
+            });
+            WIDE.with_borrow_mut(|wide| {
+                wide.clear();
+                wide.extend(a[lo..hi].iter().map(|&v| v as i16));
+                // SAFETY: AVX2 is available (the caller's `isa`); every row's runs lie inside
+                // `wide` (the rows' extent, shifted by `lo`) and `out` holds `m / group * n`.
+                unsafe { x86::gemm_avx2(wide, m, |r| row(r) - lo, geo, w, out) }
+            });
+        }
         _ => gemm_portable(a, m, row, geo, w, out),
     }
     Ok(())
+}
+
+thread_local! {
+    /// The widened activations of [`Isa::Avx2`] products, reused from call to call.
+    static WIDE: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where a row's codes are, beyond its start: `taps` runs of `groups` 4-byte groups,
@@ -395,8 +432,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
-        depthwise_row, quantize_loop, requant_tiles, DwRow, Geometry, PackedWeights, Params,
-        RequantTile, NB,
+        depthwise_row, quantize_loop, requant_one, requant_tiles, DwRow, Geometry, LongShifts,
+        PackedWeights, Params, RequantTile, NB,
     };
 
     /// # Safety
@@ -417,6 +454,100 @@ mod x86 {
     /// The CPU must have AVX-512F, DQ, BW and VL.
     #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_avx512(x: &[f32], p: Params, out: &mut [u8]) {
+        quantize_loop(x, p, out)
+    }
+
+    /// The requantized codes of accumulators `a[i..i + 8]` (tile positions `i..`), as i32
+    /// lanes: `p = (x + b) * m` by `vpmuldq` on even and odd lanes, `q = p + h - [p < 0]`,
+    /// and `q >> s` as the high 32 bits of `q` shifted right by `s - 32`. A vector where some
+    /// `x + b` leaves the i32 range takes the 64-bit scalar path.
+    ///
+    /// # Safety
+    /// AVX2; `t.long` is set; `i + 8 <= a.len()` and `i + 8 <= t.len`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn requant8(a: &[i32], i: usize, t: &RequantTile, long: &LongShifts) -> __m256i {
+        // SAFETY: the caller's bounds; the tile vectors hold `t.len` values (`len / 2` i64s).
+        unsafe {
+            let load = |v: *const i32| _mm256_loadu_si256(v.add(i) as *const _);
+            let x = load(a.as_ptr());
+            let b = load(t.bias.as_ptr());
+            let s = _mm256_add_epi32(x, b);
+            let ovf = _mm256_and_si256(_mm256_xor_si256(x, s), _mm256_xor_si256(b, s));
+            if _mm256_movemask_ps(_mm256_castsi256_ps(ovf)) != 0 {
+                let codes: [i32; 8] =
+                    std::array::from_fn(|j| requant_one(a[i + j], i + j, t) as i32);
+                return _mm256_loadu_si256(codes.as_ptr() as *const _);
+            }
+            let m = load(t.mantissa.as_ptr());
+            let pe = _mm256_mul_epi32(s, m);
+            let po = _mm256_mul_epi32(_mm256_srli_epi64(s, 32), _mm256_srli_epi64(m, 32));
+            let half = |v: &[i64]| _mm256_loadu_si256(v.as_ptr().add(i / 2) as *const _);
+            let qe = _mm256_add_epi64(pe, half(&long.half_even));
+            let qe = _mm256_sub_epi64(qe, _mm256_srli_epi64(pe, 63));
+            let qo = _mm256_add_epi64(po, half(&long.half_odd));
+            let qo = _mm256_sub_epi64(qo, _mm256_srli_epi64(po, 63));
+            let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64(qe, 32), qo);
+            let r = _mm256_srav_epi32(high, load(long.shift.as_ptr()));
+            let y = _mm256_add_epi32(r, _mm256_set1_epi32(t.zero as i32));
+            let y = _mm256_max_epi32(y, _mm256_set1_epi32(t.min as i32));
+            _mm256_min_epi32(y, _mm256_set1_epi32(t.max as i32))
+        }
+    }
+
+    /// [`requant_tiles`] on 8-lane vectors ([`requant8`]) when every shift is at least 32,
+    /// else the same loop compiled for AVX2. Same integer arithmetic, same results.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn requant_avx2(acc: &[i32], out: &mut [u8], t: &RequantTile) {
+        let Some(long) = &t.long else {
+            return requant_tiles(acc, out, t);
+        };
+        // Bytes of four packed vectors back in lane order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (a, o) in acc.chunks(t.len).zip(out.chunks_mut(t.len)) {
+            let mut i = 0;
+            // SAFETY (both loops): `i + 32` (`i + 8`) is within the chunk, which is at most
+            // `t.len` long; codes are in [0, 255], which the saturating packs keep.
+            unsafe {
+                while i + 32 <= a.len() {
+                    let y: [__m256i; 4] = std::array::from_fn(|v| requant8(a, i + 8 * v, t, long));
+                    let w = _mm256_packus_epi16(
+                        _mm256_packus_epi32(y[0], y[1]),
+                        _mm256_packus_epi32(y[2], y[3]),
+                    );
+                    let w = _mm256_permutevar8x32_epi32(w, order);
+                    _mm256_storeu_si256(o.as_mut_ptr().add(i) as *mut _, w);
+                    i += 32;
+                }
+                while i + 8 <= a.len() {
+                    let y = requant8(a, i, t, long);
+                    let w =
+                        _mm256_packus_epi16(_mm256_packus_epi32(y, y), _mm256_packus_epi32(y, y));
+                    let w = _mm256_permutevar8x32_epi32(w, order);
+                    _mm_storel_epi64(o.as_mut_ptr().add(i) as *mut _, _mm256_castsi256_si128(w));
+                    i += 8;
+                }
+            }
+            for j in i..a.len() {
+                o[j] = requant_one(a[j], j, t);
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn depthwise_row_avx2(r: &DwRow<'_>, oy: usize, acc: &mut [i32]) {
+        depthwise_row(r, oy, acc)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_avx2(x: &[f32], p: Params, out: &mut [u8]) {
         quantize_loop(x, p, out)
     }
 
@@ -644,22 +775,133 @@ mod x86 {
             }
         }
     }
+
+    /// As [`tile256`] on i16 codes: `vpmaddwd` multiplies a pair of activations (broadcast)
+    /// by a pair of weights per channel and adds the two products into an i32 lane, exactly.
+    ///
+    /// # Safety
+    /// AVX2; every run of every row inside `a`; `bp` the block's `taps * groups * 2` pairs of
+    /// 32-byte vectors.
+    /// With `WIDE == false` only the first 8 channels of the block are computed (the others
+    /// stay zero), for blocks of at most 8 valid channels.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn tile_pairs<const R: usize, const WIDE: bool>(
+        a: *const i16,
+        rows: [usize; R],
+        g: Geometry,
+        bp: *const i16,
+    ) -> [[__m256i; 2]; R] {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let mut wq = bp;
+        for t in 0..g.taps {
+            // SAFETY: the caller's contract covers every pointer formed here.
+            unsafe {
+                let mut p = rows.map(|o| a.add(o + t * g.tap_stride));
+                for _ in 0..2 * g.groups {
+                    let lo = _mm256_loadu_si256(wq as *const _);
+                    let hi = if WIDE {
+                        _mm256_loadu_si256(wq.add(16) as *const _)
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    for (acc, p) in acc.iter_mut().zip(p.iter_mut()) {
+                        let x = _mm256_set1_epi32((*p as *const i32).read_unaligned());
+                        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, lo));
+                        if WIDE {
+                            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, hi));
+                        }
+                        *p = p.add(2);
+                    }
+                    wq = wq.add(32);
+                }
+            }
+        }
+        acc
+    }
+
+    /// All `m` rows of one block, 6 at a time (12 accumulators, 2 weight vectors and a
+    /// broadcast fill the 16 registers).
+    ///
+    /// # Safety
+    /// As [`gemm_avx2`], for the block at `bp` whose outputs `red` stores.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn pair_rows<const WIDE: bool>(
+        ap: *const i16,
+        m: usize,
+        row: &impl Fn(usize) -> usize,
+        g: Geometry,
+        bp: *const i16,
+        red: &mut Reduce256,
+    ) {
+        let mut r = 0;
+        // SAFETY: the caller's contract.
+        unsafe {
+            while r + 6 <= m {
+                let rows = std::array::from_fn(|i| row(r + i));
+                red.push(&tile_pairs::<6, WIDE>(ap, rows, g, bp));
+                r += 6;
+            }
+            while r < m {
+                red.push(&tile_pairs::<1, WIDE>(ap, [row(r)], g, bp));
+                r += 1;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2; `a` holds the codes widened to i16, otherwise as for
+    /// [`gemm_avx512`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gemm_avx2<F: Fn(usize) -> usize>(
+        a: &[i16],
+        m: usize,
+        row: F,
+        g: Geometry,
+        w: &PackedWeights,
+        out: &mut [i32],
+    ) {
+        let (n, kp) = (w.n, w.kp);
+        let ap = a.as_ptr();
+        for b in 0..n.div_ceil(NB) {
+            let bp = w.pairs[b * NB * kp..].as_ptr();
+            let mut red = Reduce256 {
+                out: out[b * NB..].as_mut_ptr(),
+                n,
+                valid: (n - b * NB).min(NB),
+                rows: g.rows,
+                seen: 0,
+                max: [_mm256_set1_epi32(i32::MIN); 2],
+            };
+            // SAFETY: as in `gemm_avx512`.
+            if red.valid > 8 {
+                unsafe { pair_rows::<true>(ap, m, &row, g, bp, &mut red) };
+            } else {
+                unsafe { pair_rows::<false>(ap, m, &row, g, bp, &mut red) };
+            }
+        }
+    }
 }
 
 /// Quantizes f32 values to u8 codes: [`Params::quantize_u8`] of every value.
 pub(crate) fn quantize_u8_into(x: &[f32], p: Params, out: &mut Vec<u8>) {
     out.clear();
-    if wide_simd() {
-        out.resize(x.len(), 0);
+    match simd() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `wide_simd` confirmed AVX-512F/DQ/BW/VL.
-        unsafe {
-            x86::quantize_avx512(x, p, out)
-        };
+        Simd::Avx512 => {
+            out.resize(x.len(), 0);
+            // SAFETY: `simd` confirmed AVX-512F/DQ/BW/VL.
+            unsafe { x86::quantize_avx512(x, p, out) }
+        }
         #[cfg(target_arch = "x86_64")]
-        return;
+        Simd::Avx2 => {
+            out.resize(x.len(), 0);
+            // SAFETY: `simd` confirmed AVX2.
+            unsafe { x86::quantize_avx2(x, p, out) }
+        }
+        _ => out.extend(x.iter().map(|&v| p.quantize_u8(v))),
     }
-    out.extend(x.iter().map(|&v| p.quantize_u8(v)));
 }
 
 /// [`Params::quantize_u8`] without float-to-integer casts, whose saturation does not
@@ -787,25 +1029,48 @@ pub fn requantize(acc: &[i32], n: usize, stage: &OutputStage, out: &mut [u8]) ->
             found: vec![acc.len(), out.len()],
         });
     }
-    requantize_rows(acc, n, stage, out);
+    RequantTile::new(stage, n)?.run(acc, out);
     Ok(())
 }
 
-fn requantize_rows(acc: &[i32], n: usize, stage: &OutputStage, out: &mut [u8]) {
-    RequantTile::new(stage, n).run(acc, out);
+/// [`requantize`] with parameters prepared once, for rows of `tile`'s channels.
+pub(crate) fn requantize_with(acc: &[i32], tile: &RequantTile, out: &mut [u8]) -> Result<()> {
+    let n = tile.channels;
+    if acc.len() != out.len() || !acc.len().is_multiple_of(n) {
+        return Err(CompressError::BadInput {
+            expected: format!("rows of {n} accumulators and as many outputs"),
+            found: vec![acc.len(), out.len()],
+        });
+    }
+    tile.run(acc, out);
+    Ok(())
 }
 
 impl RequantTile {
     /// Channel parameters repeated to a tile of >= 64 values, so that the loop runs over long
-    /// contiguous runs (vectorisable) even for layers with a handful of channels.
-    fn new(stage: &OutputStage, n: usize) -> Self {
-        let reps = 64usize.div_ceil(n).max(1);
+    /// contiguous runs (vectorisable) even for layers with a handful of channels. Fails unless
+    /// `stage` has `n >= 1` channels.
+    pub(crate) fn new(stage: &OutputStage, n: usize) -> Result<Self> {
+        stage.check(n)?;
+        if n == 0 {
+            return Err(CompressError::InvalidConfig {
+                name: "output stage",
+                value: "0 channels".into(),
+                reason: "need at least one channel",
+            });
+        }
+        // At least 64 values and a whole number of 8-lane vectors.
+        let mut reps = 64usize.div_ceil(n).max(1);
+        while !(reps * n).is_multiple_of(8) {
+            reps += 1;
+        }
         let tile =
             |f: &dyn Fn(usize) -> i64| -> Vec<i64> { (0..reps * n).map(|t| f(t % n)).collect() };
         // The mantissa is below 2^31 (see `Requant::new`), the bias an i32.
         let tile32 =
             |f: &dyn Fn(usize) -> i32| -> Vec<i32> { (0..reps * n).map(|t| f(t % n)).collect() };
-        Self {
+        Ok(Self {
+            channels: n,
             bias: tile32(&|j| stage.bias[j]),
             mantissa: tile32(&|j| stage.requant[j].mantissa as i32),
             half: tile(&|j| 1i64 << (stage.requant[j].shift - 1)),
@@ -814,40 +1079,63 @@ impl RequantTile {
             min: stage.min as i64,
             max: stage.max as i64,
             len: reps * n,
-        }
+            long: stage
+                .requant
+                .iter()
+                .all(|r| r.shift >= 32)
+                .then(|| LongShifts::new(stage, reps * n)),
+        })
     }
 
     /// Requantizes whole rows of accumulators (`acc.len()` a multiple of the channel count).
     fn run(&self, acc: &[i32], out: &mut [u8]) {
-        if wide_simd() {
+        match simd() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `wide_simd` confirmed AVX-512F/DQ/BW/VL.
-            unsafe {
-                x86::requant_avx512(acc, out, self)
-            };
+            // SAFETY: `simd` confirmed AVX-512F/DQ/BW/VL.
+            Simd::Avx512 => unsafe { x86::requant_avx512(acc, out, self) },
             #[cfg(target_arch = "x86_64")]
-            return;
+            // SAFETY: `simd` confirmed AVX2.
+            Simd::Avx2 => unsafe { x86::requant_avx2(acc, out, self) },
+            _ => requant_tiles(acc, out, self),
         }
-        requant_tiles(acc, out, self)
     }
 }
 
-/// Whether the AVX-512 (F, DQ, BW, VL) versions of the element-wise loops can run.
+/// Which instructions the element-wise loops (quantization, requantization, depthwise
+/// convolution) are compiled for: the same code, vectorised by the compiler for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    /// AVX-512 F, DQ, BW and VL.
+    Avx512,
+    /// AVX2 and FMA.
+    Avx2,
+    /// The build's baseline.
+    Base,
+}
+
 #[inline]
-fn wide_simd() -> bool {
+fn simd() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        if is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
+        {
+            return Simd::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Simd::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Simd::Base
 }
 
-/// Per-channel requantization parameters tiled to a run length.
+/// Per-channel requantization parameters tiled to a run length: built once per layer (a
+/// quantized model keeps one per op), used on every call.
+#[derive(Clone)]
 pub(crate) struct RequantTile {
+    channels: usize,
     bias: Vec<i32>,
     mantissa: Vec<i32>,
     half: Vec<i64>,
@@ -856,6 +1144,51 @@ pub(crate) struct RequantTile {
     min: i64,
     max: i64,
     len: usize,
+    /// The AVX2 loop's parameters, when every shift is at least 32 (multipliers below
+    /// 2^-1, as they are after a convolution): then `p >> s` is the high half of `p` shifted
+    /// by `s - 32`, which AVX2 does on 32-bit lanes.
+    long: Option<LongShifts>,
+}
+
+impl std::fmt::Debug for RequantTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequantTile")
+            .field("channels", &self.channels)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rounding offsets split by even and odd lanes (the 64-bit products of `vpmuldq`), and
+/// `shift - 32`, tiled as [`RequantTile`]'s values.
+#[derive(Clone)]
+pub(crate) struct LongShifts {
+    half_even: Vec<i64>,
+    half_odd: Vec<i64>,
+    shift: Vec<i32>,
+}
+
+impl LongShifts {
+    fn new(stage: &OutputStage, len: usize) -> Self {
+        let n = stage.requant.len();
+        let r = |t: usize| stage.requant[t % n];
+        let half = |t: usize| 1i64 << (r(t).shift - 1);
+        Self {
+            half_even: (0..len / 2).map(|i| half(2 * i)).collect(),
+            half_odd: (0..len / 2).map(|i| half(2 * i + 1)).collect(),
+            shift: (0..len).map(|t| r(t).shift as i32 - 32).collect(),
+        }
+    }
+}
+
+/// One value of [`requant_tiles`]: accumulator `x` of tile position `j`, in 64 bits.
+#[inline]
+fn requant_one(x: i32, j: usize, t: &RequantTile) -> u8 {
+    let v = (x as i64 + t.bias[j] as i64) * t.mantissa[j] as i64;
+    let sign = v >> 63;
+    let mag = ((v ^ sign) - sign) as u64;
+    let r = ((((mag + t.half[j] as u64) >> t.shift[j] as u64) as i64) ^ sign) - sign;
+    (r + t.zero).clamp(t.min, t.max) as u8
 }
 
 /// The requantization loop; inlined into ISA-specific wrappers so that the compiler
@@ -872,13 +1205,9 @@ fn requant_tiles(acc: &[i32], out: &mut [u8], t: &RequantTile) {
             w | ((x ^ s) & (b ^ s))
         }) < 0;
         if wide {
-            for ((&x, y), (((&b, &m), &h), &s)) in a.iter().zip(o.iter_mut()).zip(params) {
-                // `Requant::apply` written branch-free: round half away from zero.
-                let v = (x as i64 + b as i64) * m as i64;
-                let sign = v >> 63;
-                let mag = ((v ^ sign) - sign) as u64;
-                let r = ((((mag + h as u64) >> s as u64) as i64) ^ sign) - sign;
-                *y = (r + t.zero).clamp(t.min, t.max) as u8;
+            // `Requant::apply` written branch-free: round half away from zero.
+            for (j, (&x, y)) in a.iter().zip(o.iter_mut()).enumerate() {
+                *y = requant_one(x, j, t);
             }
         } else {
             for ((&x, y), (((&b, &m), &h), &s)) in a.iter().zip(o.iter_mut()).zip(params) {
@@ -1061,7 +1390,8 @@ pub fn conv2d(
     stage: &OutputStage,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    conv2d_pooled(isa, x, x_zero, s, w, stage, None, Threads::Pool, out).map(|_| ())
+    let tile = RequantTile::new(stage, w.n)?;
+    conv2d_pooled(isa, x, x_zero, s, w, &tile, None, Threads::Pool, out).map(|_| ())
 }
 
 /// [`conv2d`], optionally followed by max pooling of its output (`(kernel, stride)`, no
@@ -1082,7 +1412,7 @@ pub(crate) fn conv2d_pooled(
     x_zero: u8,
     s: &ConvShape,
     w: &PackedWeights,
-    stage: &OutputStage,
+    tile: &RequantTile,
     pool: Option<(usize, usize)>,
     threads: Threads,
     out: &mut Vec<u8>,
@@ -1097,7 +1427,13 @@ pub(crate) fn conv2d_pooled(
             reason: "do not match the convolution shape",
         });
     }
-    stage.check(w.n)?;
+    if tile.channels != w.n {
+        return Err(CompressError::InvalidConfig {
+            name: "output stage",
+            value: format!("{} channels", tile.channels),
+            reason: "does not match the convolution's output channels",
+        });
+    }
     let n = w.n;
     let (ph, pw) = match pool {
         Some((pk, ps)) => pool_out((1, oh, ow, n), pk, ps)?,
@@ -1140,7 +1476,6 @@ pub(crate) fn conv2d_pooled(
         }
     }
     let offsets = RowTable::new(offsets);
-    let tile = RequantTile::new(stage, n);
     out.clear();
     out.resize(s.batch * image_out, 0);
     // Images `first..` into `o`, a block at a time.
@@ -1200,7 +1535,8 @@ pub fn depthwise_conv2d(
     stage: &OutputStage,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    depthwise_conv2d_on(x, x_zero, s, w, stage, Threads::Pool, out)
+    let tile = RequantTile::new(stage, s.in_channels)?;
+    depthwise_conv2d_on(x, x_zero, s, w, &tile, Threads::Pool, out)
 }
 
 /// [`depthwise_conv2d`] on the given threads.
@@ -1209,7 +1545,7 @@ pub(crate) fn depthwise_conv2d_on(
     x_zero: u8,
     s: &ConvShape,
     w: &[i8],
-    stage: &OutputStage,
+    tile: &RequantTile,
     threads: Threads,
     out: &mut Vec<u8>,
 ) -> Result<()> {
@@ -1223,13 +1559,18 @@ pub(crate) fn depthwise_conv2d_on(
             reason: "need in = out channels and k * k * c codes",
         });
     }
-    stage.check(c)?;
+    if tile.channels != c {
+        return Err(CompressError::InvalidConfig {
+            name: "output stage",
+            value: format!("{} channels", tile.channels),
+            reason: "does not match the depthwise convolution's channels",
+        });
+    }
     out.clear();
     out.resize(s.batch * oh * ow * c, 0);
     let wi: Vec<i32> = w.iter().map(|&v| v as i32).collect();
     let per_image = oh * ow * c;
-    let tile = RequantTile::new(stage, c);
-    let wide = wide_simd();
+    let simd = simd();
     let run = |first: usize, o: &mut [u8]| {
         let mut acc = vec![0i32; ow * c];
         for (i, img) in o.chunks_mut(per_image).enumerate() {
@@ -1241,14 +1582,14 @@ pub(crate) fn depthwise_conv2d_on(
                 ow,
             };
             for (oy, orow) in img.chunks_mut(ow * c).enumerate() {
-                if wide {
+                match simd {
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `wide_simd` confirmed the features.
-                    unsafe {
-                        x86::depthwise_row_avx512(&r, oy, &mut acc)
-                    };
-                } else {
-                    depthwise_row(&r, oy, &mut acc);
+                    // SAFETY: `simd` confirmed the features.
+                    Simd::Avx512 => unsafe { x86::depthwise_row_avx512(&r, oy, &mut acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Simd::Avx2 => unsafe { x86::depthwise_row_avx2(&r, oy, &mut acc) },
+                    _ => depthwise_row(&r, oy, &mut acc),
                 }
                 tile.run(&acc, orow);
             }
@@ -1570,10 +1911,7 @@ mod tests {
     }
 
     fn isas() -> Vec<Isa> {
-        [Isa::Portable, Isa::AvxVnni, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| i.available())
-            .collect()
+        Isa::ALL.into_iter().filter(|i| i.available()).collect()
     }
 
     proptest! {
@@ -1661,7 +1999,8 @@ mod tests {
             for isa in isas() {
                 for threads in [Threads::Caller, Threads::Pool] {
                     let mut got = Vec::new();
-                    let dims = conv2d_pooled(isa, &x, z, &s, &packed, &stage,
+                    let tile = RequantTile::new(&stage, cout).unwrap();
+                    let dims = conv2d_pooled(isa, &x, z, &s, &packed, &tile,
                         Some((pool_k, pool_s)), threads, &mut got).unwrap();
                     prop_assert_eq!(dims, pool_out(d, pool_k, pool_s).unwrap());
                     prop_assert_eq!(&got, &want, "{:?} {:?}", isa, threads);
@@ -1735,12 +2074,20 @@ mod tests {
             let mut got = vec![0u8; acc.len()];
             requantize(&acc, n, &stage, &mut got).unwrap();
             prop_assert_eq!(&got, &want);
-            // The portable loop too (the wide one runs above where the CPU has AVX-512).
+            // The portable loop too (a vectorised one runs above where the CPU has AVX2 or AVX-512).
             let mut portable = vec![0u8; acc.len()];
             for (a, o) in acc.chunks(n).zip(portable.chunks_mut(n)) {
-                requant_tiles(a, o, &RequantTile::new(&stage, n));
+                requant_tiles(a, o, &RequantTile::new(&stage, n).unwrap());
             }
             prop_assert_eq!(&portable, &want);
+            // And the AVX2 loop, which an AVX-512 machine would not pick above.
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let mut avx2 = vec![0u8; acc.len()];
+                // SAFETY: AVX2 and FMA are present.
+                unsafe { x86::requant_avx2(&acc, &mut avx2, &RequantTile::new(&stage, n).unwrap()) };
+                prop_assert_eq!(&avx2, &want);
+            }
         }
 
         #[test]
@@ -1901,6 +2248,7 @@ mod tests {
             min: 7,
             max: 255,
         };
+        let tile = RequantTile::new(&stage, packed.n()).unwrap();
         for isa in isas() {
             for pool in [None, Some((2, 2))] {
                 let mut all = Vec::new();
@@ -1910,7 +2258,7 @@ mod tests {
                     9,
                     &s,
                     &packed,
-                    &stage,
+                    &tile,
                     pool,
                     Threads::Pool,
                     &mut all,
@@ -1926,7 +2274,7 @@ mod tests {
                         9,
                         &one,
                         &packed,
-                        &stage,
+                        &tile,
                         pool,
                         Threads::Caller,
                         &mut y,

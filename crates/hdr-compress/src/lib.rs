@@ -9,7 +9,8 @@
 //!   [`QuantizedModel::forward`] then runs u8 x i8 -> i32 kernels with fused bias, ReLU and
 //!   fixed-point requantization from the quantized input to the logits.
 //! - **Kernels**: [`gemm_u8i8`] uses AVX-512 VNNI or AVX-VNNI (`vpdpbusd`) when the CPU has
-//!   them ([`Isa::detect`]), a portable loop otherwise, with bit-identical results; convolution
+//!   them, AVX2 (`vpmaddwd`, exact) when it has neither ([`Isa::detect`]), a portable loop
+//!   otherwise, with bit-identical results; convolution
 //!   ([`conv2d`], [`depthwise_conv2d`]), pooling, addition, concatenation and
 //!   [`requantize`] are exposed for testing and reuse.
 //! - **Files**: [`QuantizedModel::save`] / [`QuantizedModel::load`]: safetensors with `I8`

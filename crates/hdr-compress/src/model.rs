@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CompressError, Result};
 use crate::fold::{folded_conv, missing, read_params, vec_of, BatchNorm};
 use crate::kernels::{
-    self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, Rescale, Threads,
+    self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, RequantTile, Rescale, Threads,
 };
 use crate::quant::{quantize_per_channel, Observer, QuantParams, RangeObserver};
 
@@ -184,13 +184,15 @@ enum Prepared {
     Dense {
         packed: PackedWeights,
         stage: OutputStage,
+        /// `stage` laid out for the requantization loop.
+        tile: RequantTile,
         /// `input scale * weight scale` per channel, for f32 logits.
         dequant: Vec<f32>,
     },
     Depthwise {
         /// `[ky][kx][c]`.
         codes: Vec<i8>,
-        stage: OutputStage,
+        tile: RequantTile,
     },
     Pool(Requant),
     Add(Rescale, Rescale, (u8, u8)),
@@ -822,7 +824,10 @@ impl QuantizedModel {
                                 codes[t * o + j] = lw.codes[j * kk + t];
                             }
                         }
-                        Prepared::Depthwise { codes, stage: st }
+                        Prepared::Depthwise {
+                            tile: RequantTile::new(&st, o)?,
+                            codes,
+                        }
                     } else {
                         // [o][c][ky][kx] -> [o][ky][kx][c], the order of `im2col` patches.
                         let mut codes = vec![0i8; o * kk * c];
@@ -841,6 +846,7 @@ impl QuantizedModel {
                                 as i32;
                         }
                         Prepared::Dense {
+                            tile: RequantTile::new(&st, o)?,
                             packed,
                             stage: st,
                             dequant: vec![],
@@ -866,6 +872,7 @@ impl QuantizedModel {
                     }
                     let dequant = lw.scales.iter().map(|&sw| sw * s_in.scale).collect();
                     Prepared::Dense {
+                        tile: RequantTile::new(&st, *out_features)?,
                         packed,
                         stage: st,
                         dequant,
@@ -1219,14 +1226,14 @@ impl QuantizedModel {
                     let z = self.ops[*input].out.zero_point as u8;
                     let pool = self.fused_pool(i).filter(|_| fast);
                     match p {
-                        Prepared::Dense { packed, stage, .. } => {
+                        Prepared::Dense { packed, tile, .. } => {
                             let (ph, pw) = kernels::conv2d_pooled(
                                 self.isa,
                                 &v.data,
                                 z,
                                 &s,
                                 packed,
-                                stage,
+                                tile,
                                 pool,
                                 threads,
                                 &mut y.data,
@@ -1236,13 +1243,13 @@ impl QuantizedModel {
                                 pooled = Some(std::mem::take(&mut y));
                             }
                         }
-                        Prepared::Depthwise { codes, stage } => {
+                        Prepared::Depthwise { codes, tile } => {
                             kernels::depthwise_conv2d_on(
                                 &v.data,
                                 z,
                                 &s,
                                 codes,
-                                stage,
+                                tile,
                                 threads,
                                 &mut y.data,
                             )?;
@@ -1261,6 +1268,7 @@ impl QuantizedModel {
                     Prepared::Dense {
                         packed,
                         stage,
+                        tile,
                         dequant,
                     },
                 ) => {
@@ -1301,7 +1309,7 @@ impl QuantizedModel {
                     }
                     y.data.clear();
                     y.data.resize(n * o, 0);
-                    kernels::requantize(&acc, o, stage, &mut y.data)?;
+                    kernels::requantize_with(&acc, tile, &mut y.data)?;
                     y.dims = (n, 1, 1, o);
                 }
                 (
@@ -1570,7 +1578,7 @@ mod tests {
                 let x: Vec<f32> = (0..b * 784)
                     .map(|i| ((i * 7919) % 1000) as f32 / 999.0)
                     .collect();
-                for isa in [Isa::Portable, Isa::AvxVnni, Isa::Avx512Vnni] {
+                for isa in Isa::ALL {
                     if !isa.available() || (isa == Isa::Portable && b > 3 && name != "lenet5") {
                         continue;
                     }
