@@ -89,9 +89,12 @@ pub struct PackedWeights {
     rows: Vec<i8>,
     /// `[n / 16][kp / 4][16][4]`, zero padded: one 64-byte vector per group of 4 k's.
     blocks: Vec<i8>,
-    /// `[n / 16][kp / 2][16][2]` widened to i16, zero padded: two 32-byte vectors per pair of
+    /// `[n / 16][kp2 / 2][16][2]` widened to i16, zero padded: two 32-byte vectors per pair of
     /// k's, for [`Isa::Avx2`].
     pairs: Vec<i16>,
+    /// Codes per row in `pairs`: `taps` runs of `kp2 / taps` (a multiple of 2, not 4: a
+    /// 5-tap window row costs 3 pairs, not 4) codes.
+    kp2: usize,
     /// Row sums, for the activation zero-point correction.
     sums: Vec<i32>,
 }
@@ -132,21 +135,26 @@ impl PackedWeights {
         let run = k / taps;
         let run4 = run.div_ceil(4) * 4;
         let kp = taps * run4;
+        let run2 = run.div_ceil(2) * 2;
+        let kp2 = taps * run2;
         let nblocks = n.div_ceil(NB);
         let mut rows = vec![0i8; n * kp];
         let mut blocks = vec![0i8; nblocks * NB * kp];
-        let mut pairs = vec![0i16; nblocks * NB * kp];
+        let mut pairs = vec![0i16; nblocks * NB * kp2];
         let mut sums = vec![0i32; n];
         for j in 0..n {
             let src = &w[j * k..(j + 1) * k];
             sums[j] = src.iter().map(|&v| v as i32).sum();
+            let (b, lane) = (j / NB, j % NB);
             for (t, part) in src.chunks(run).enumerate() {
                 rows[j * kp + t * run4..][..run].copy_from_slice(part);
+                for (i, &v) in part.iter().enumerate() {
+                    let kk = t * run2 + i;
+                    pairs[b * NB * kp2 + (kk / 2) * NB * 2 + lane * 2 + kk % 2] = v as i16;
+                }
             }
-            let (b, lane) = (j / NB, j % NB);
             for (kk, &v) in rows[j * kp..(j + 1) * kp].iter().enumerate() {
                 blocks[b * NB * kp + (kk / 4) * NB * 4 + lane * 4 + kk % 4] = v;
-                pairs[b * NB * kp + (kk / 2) * NB * 2 + lane * 2 + kk % 2] = v as i16;
             }
         }
         Self {
@@ -157,6 +165,7 @@ impl PackedWeights {
             rows,
             blocks,
             pairs,
+            kp2,
             sums,
         }
     }
@@ -269,13 +278,15 @@ pub(crate) fn gemm_u8i8_on(
 #[derive(Debug, Clone)]
 struct RowTable {
     offsets: Vec<usize>,
+    min: usize,
     max: usize,
 }
 
 impl RowTable {
     fn new(offsets: Vec<usize>) -> Self {
+        let min = offsets.iter().copied().min().unwrap_or(0);
         let max = offsets.iter().copied().max().unwrap_or(0);
-        Self { offsets, max }
+        Self { offsets, min, max }
     }
 }
 
@@ -294,6 +305,15 @@ impl Rows<'_> {
         match self {
             Self::Strided(stride) => r * stride,
             Self::Table(t, base) => base + t.offsets[r],
+        }
+    }
+
+    /// Bytes `lo..hi` covering every run of rows `..m` (at most: a table's whole range),
+    /// each `span` bytes long; `m >= 1` and [`Rows::last`] checked.
+    fn extent(self, m: usize, span: usize) -> (usize, usize) {
+        match self {
+            Self::Strided(stride) => (0, (m - 1) * stride + span),
+            Self::Table(t, base) => (base + t.min, base + t.max + span),
         }
     }
 
@@ -351,6 +371,7 @@ fn gemm_at(
         taps: w.taps,
         tap_stride,
         groups: w.kp / w.taps / 4,
+        pairs: w.kp2 / w.taps / 2,
         rows: group,
     };
     let row = move |r: usize| rows.at(r);
@@ -365,14 +386,10 @@ fn gemm_at(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // `vpmaddwd` takes i16 codes: widen the bytes every row reads, once.
-            let span = span.unwrap_or(0);
-            let (lo, hi) = (0..m).fold((usize::MAX, 0), |(lo, hi), r| {
-                let at = row(r);
-                (lo.min(at), hi.max(at + span))
-            });
+            let (lo, hi) = rows.extent(m, span.unwrap_or(0));
             WIDE.with_borrow_mut(|wide| {
-                wide.clear();
-                wide.extend(a[lo..hi].iter().map(|&v| v as i16));
+                // SAFETY: AVX2 is available (the caller's `isa`).
+                unsafe { x86::widen_avx2(&a[lo..hi], wide) };
                 // SAFETY: AVX2 is available (the caller's `isa`); every row's runs lie inside
                 // `wide` (the rows' extent, shifted by `lo`) and `out` holds `m / group * n`.
                 unsafe { x86::gemm_avx2(wide, m, |r| row(r) - lo, geo, w, out) }
@@ -388,13 +405,15 @@ thread_local! {
     static WIDE: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Where a row's codes are, beyond its start: `taps` runs of `groups` 4-byte groups,
-/// `tap_stride` bytes apart; and how many consecutive rows one output row is the maximum of.
+/// Where a row's codes are, beyond its start: `taps` runs of `groups` 4-byte groups (for
+/// [`Isa::Avx2`], of `pairs` 2-code pairs), `tap_stride` bytes apart; and how many
+/// consecutive rows one output row is the maximum of.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     taps: usize,
     tap_stride: usize,
     groups: usize,
+    pairs: usize,
     rows: usize,
 }
 
@@ -780,7 +799,7 @@ mod x86 {
     /// by a pair of weights per channel and adds the two products into an i32 lane, exactly.
     ///
     /// # Safety
-    /// AVX2; every run of every row inside `a`; `bp` the block's `taps * groups * 2` pairs of
+    /// AVX2; every run of every row inside `a`; `bp` the block's `taps * pairs` pairs of
     /// 32-byte vectors.
     /// With `WIDE == false` only the first 8 channels of the block are computed (the others
     /// stay zero), for blocks of at most 8 valid channels.
@@ -798,7 +817,7 @@ mod x86 {
             // SAFETY: the caller's contract covers every pointer formed here.
             unsafe {
                 let mut p = rows.map(|o| a.add(o + t * g.tap_stride));
-                for _ in 0..2 * g.groups {
+                for _ in 0..g.pairs {
                     let lo = _mm256_loadu_si256(wq as *const _);
                     let hi = if WIDE {
                         _mm256_loadu_si256(wq.add(16) as *const _)
@@ -850,6 +869,16 @@ mod x86 {
         }
     }
 
+    /// `a` widened to i16 into `out` (replacing its contents), vectorised for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn widen_avx2(a: &[u8], out: &mut Vec<i16>) {
+        out.clear();
+        out.extend(a.iter().map(|&v| v as i16));
+    }
+
     /// # Safety
     /// The CPU must have AVX2; `a` holds the codes widened to i16, otherwise as for
     /// [`gemm_avx512`].
@@ -862,10 +891,10 @@ mod x86 {
         w: &PackedWeights,
         out: &mut [i32],
     ) {
-        let (n, kp) = (w.n, w.kp);
+        let (n, kp2) = (w.n, w.kp2);
         let ap = a.as_ptr();
         for b in 0..n.div_ceil(NB) {
-            let bp = w.pairs[b * NB * kp..].as_ptr();
+            let bp = w.pairs[b * NB * kp2..].as_ptr();
             let mut red = Reduce256 {
                 out: out[b * NB..].as_mut_ptr(),
                 n,
