@@ -451,7 +451,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
-        depthwise_row, quantize_loop, requant_one, requant_tiles, DwRow, Geometry, LongShifts,
+        depthwise_row, quantize_loop, requant_code, requant_tiles, DwPairs, DwRow, Geometry,
         PackedWeights, Params, RequantTile, NB,
     };
 
@@ -477,53 +477,34 @@ mod x86 {
     }
 
     /// The requantized codes of accumulators `a[i..i + 8]` (tile positions `i..`), as i32
-    /// lanes: `p = (x + b) * m` by `vpmuldq` on even and odd lanes, `q = p + h - [p < 0]`,
-    /// and `q >> s` as the high 32 bits of `q` shifted right by `s - 32`. A vector where some
-    /// `x + b` leaves the i32 range takes the 64-bit scalar path.
+    /// lanes: [`requant_code`] on 8 lanes.
     ///
     /// # Safety
-    /// AVX2; `t.long` is set; `i + 8 <= a.len()` and `i + 8 <= t.len`.
+    /// AVX2 and FMA; `i + 8 <= a.len()` and `i + 8 <= t.len`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn requant8(a: &[i32], i: usize, t: &RequantTile, long: &LongShifts) -> __m256i {
-        // SAFETY: the caller's bounds; the tile vectors hold `t.len` values (`len / 2` i64s).
+    unsafe fn requant8(a: &[i32], i: usize, t: &RequantTile) -> __m256i {
+        // SAFETY: the caller's bounds; the tile vectors hold `t.len` values.
         unsafe {
-            let load = |v: *const i32| _mm256_loadu_si256(v.add(i) as *const _);
-            let x = load(a.as_ptr());
-            let b = load(t.bias.as_ptr());
-            let s = _mm256_add_epi32(x, b);
-            let ovf = _mm256_and_si256(_mm256_xor_si256(x, s), _mm256_xor_si256(b, s));
-            if _mm256_movemask_ps(_mm256_castsi256_ps(ovf)) != 0 {
-                let codes: [i32; 8] =
-                    std::array::from_fn(|j| requant_one(a[i + j], i + j, t) as i32);
-                return _mm256_loadu_si256(codes.as_ptr() as *const _);
-            }
-            let m = load(t.mantissa.as_ptr());
-            let pe = _mm256_mul_epi32(s, m);
-            let po = _mm256_mul_epi32(_mm256_srli_epi64(s, 32), _mm256_srli_epi64(m, 32));
-            let half = |v: &[i64]| _mm256_loadu_si256(v.as_ptr().add(i / 2) as *const _);
-            let qe = _mm256_add_epi64(pe, half(&long.half_even));
-            let qe = _mm256_sub_epi64(qe, _mm256_srli_epi64(pe, 63));
-            let qo = _mm256_add_epi64(po, half(&long.half_odd));
-            let qo = _mm256_sub_epi64(qo, _mm256_srli_epi64(po, 63));
-            let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64(qe, 32), qo);
-            let r = _mm256_srav_epi32(high, load(long.shift.as_ptr()));
-            let y = _mm256_add_epi32(r, _mm256_set1_epi32(t.zero as i32));
-            let y = _mm256_max_epi32(y, _mm256_set1_epi32(t.min as i32));
-            _mm256_min_epi32(y, _mm256_set1_epi32(t.max as i32))
+            let x = _mm256_cvtepi32_ps(_mm256_loadu_si256(a.as_ptr().add(i) as *const _));
+            let s = _mm256_loadu_ps(t.scale.as_ptr().add(i));
+            let b = _mm256_loadu_ps(t.offset.as_ptr().add(i));
+            let y = _mm256_fmadd_ps(x, s, b);
+            let y = _mm256_min_ps(
+                _mm256_max_ps(y, _mm256_set1_ps(t.min)),
+                _mm256_set1_ps(t.max),
+            );
+            // The default rounding mode: to nearest, ties to even.
+            _mm256_cvtps_epi32(y)
         }
     }
 
-    /// [`requant_tiles`] on 8-lane vectors ([`requant8`]) when every shift is at least 32,
-    /// else the same loop compiled for AVX2. Same integer arithmetic, same results.
+    /// [`requant_tiles`] on 8-lane vectors ([`requant8`]). Same arithmetic, same results.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn requant_avx2(acc: &[i32], out: &mut [u8], t: &RequantTile) {
-        let Some(long) = &t.long else {
-            return requant_tiles(acc, out, t);
-        };
         // Bytes of four packed vectors back in lane order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (a, o) in acc.chunks(t.len).zip(out.chunks_mut(t.len)) {
@@ -532,7 +513,7 @@ mod x86 {
             // `t.len` long; codes are in [0, 255], which the saturating packs keep.
             unsafe {
                 while i + 32 <= a.len() {
-                    let y: [__m256i; 4] = std::array::from_fn(|v| requant8(a, i + 8 * v, t, long));
+                    let y: [__m256i; 4] = std::array::from_fn(|v| requant8(a, i + 8 * v, t));
                     let w = _mm256_packus_epi16(
                         _mm256_packus_epi32(y[0], y[1]),
                         _mm256_packus_epi32(y[2], y[3]),
@@ -542,7 +523,7 @@ mod x86 {
                     i += 32;
                 }
                 while i + 8 <= a.len() {
-                    let y = requant8(a, i, t, long);
+                    let y = requant8(a, i, t);
                     let w =
                         _mm256_packus_epi16(_mm256_packus_epi32(y, y), _mm256_packus_epi32(y, y));
                     let w = _mm256_permutevar8x32_epi32(w, order);
@@ -551,16 +532,84 @@ mod x86 {
                 }
             }
             for j in i..a.len() {
-                o[j] = requant_one(a[j], j, t);
+                o[j] = requant_code(a[j], t.scale[j], t.offset[j], t.min, t.max);
             }
         }
     }
 
+    /// [`depthwise_row`] by `vpmaddwd` on pairs of taps, 16 channels at a time, with `p`'s
+    /// interleaved weights; taps outside the image read `p.zrow` (the zero point, so
+    /// subtracting `z * sum w` cancels them). Integer sums in another order: the same values.
+    ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn depthwise_row_avx2(r: &DwRow<'_>, oy: usize, acc: &mut [i32]) {
-        depthwise_row(r, oy, acc)
+    /// The CPU must have AVX2; `p` built for `r`'s weights, channels and zero point.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn depthwise_row_pairs(
+        r: &DwRow<'_>,
+        p: &DwPairs,
+        oy: usize,
+        acc: &mut [i32],
+    ) {
+        let (s, c, k) = (r.s, r.s.in_channels, r.s.kernel);
+        let mut taps = vec![p.zrow.as_ptr(); 2 * p.pairs];
+        let chunks = c / 16;
+        for ox in 0..r.ow {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let iy = (oy * s.stride + ky) as isize - s.padding as isize;
+                    let ix = (ox * s.stride + kx) as isize - s.padding as isize;
+                    let inside =
+                        iy >= 0 && ix >= 0 && (iy as usize) < s.height && (ix as usize) < s.width;
+                    taps[ky * k + kx] = if inside {
+                        r.x[(iy as usize * s.width + ix as usize) * c..].as_ptr()
+                    } else {
+                        p.zrow.as_ptr()
+                    };
+                }
+            }
+            let o = &mut acc[ox * c..][..c];
+            // SAFETY: every tap points at `c` codes (a pixel of the image, or `zrow`), so
+            // the 16 bytes at `16 * ch` are inside for `ch < chunks`; `p.w` holds
+            // `chunks * pairs` pairs of 16-lane vectors and `zsum` and `o` hold `c` values.
+            unsafe {
+                for ch in 0..chunks {
+                    let mut lo = _mm256_setzero_si256();
+                    let mut hi = _mm256_setzero_si256();
+                    let wv = p.w.as_ptr().add(ch * p.pairs * 32);
+                    for q in 0..p.pairs {
+                        let ld = |t: *const u8| {
+                            _mm256_cvtepu8_epi16(_mm_loadu_si128(t.add(16 * ch) as *const _))
+                        };
+                        let (a, b) = (ld(taps[2 * q]), ld(taps[2 * q + 1]));
+                        let wl = _mm256_loadu_si256(wv.add(32 * q) as *const _);
+                        let wh = _mm256_loadu_si256(wv.add(32 * q + 16) as *const _);
+                        lo = _mm256_add_epi32(
+                            lo,
+                            _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl),
+                        );
+                        hi = _mm256_add_epi32(
+                            hi,
+                            _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh),
+                        );
+                    }
+                    // `lo` holds channels 0-3 and 8-11, `hi` 4-7 and 12-15.
+                    let zs = p.zsum.as_ptr().add(16 * ch);
+                    let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
+                    let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                    let first = _mm256_sub_epi32(first, _mm256_loadu_si256(zs as *const _));
+                    let second =
+                        _mm256_sub_epi32(second, _mm256_loadu_si256(zs.add(8) as *const _));
+                    _mm256_storeu_si256(o.as_mut_ptr().add(16 * ch) as *mut _, first);
+                    _mm256_storeu_si256(o.as_mut_ptr().add(16 * ch + 8) as *mut _, second);
+                }
+                for (j, y) in o.iter_mut().enumerate().skip(16 * chunks) {
+                    let sum: i32 = (0..k * k)
+                        .map(|t| *taps[t].add(j) as i32 * r.w[t * c + j])
+                        .sum();
+                    *y = sum - p.zsum[j];
+                }
+            }
+        }
     }
 
     /// # Safety
@@ -1011,12 +1060,18 @@ impl Requant {
 }
 
 /// Bias, per-channel requantization and clamping after an i32 matrix product.
+///
+/// Requantization is in single precision, as XNNPACK's "fp32" scheme:
+/// `round(acc * scale + (bias * scale + zero_point))` by one fused multiply-add, clamped to
+/// `[min, max]`, ties to even. Every ISA computes the same IEEE operations, so every path
+/// gives the same codes; against exact arithmetic, a code can differ only where the real
+/// value is within about 1e-7 of `|acc * scale| + |bias * scale|` of a rounding tie.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputStage {
     /// Added to each channel's accumulator before scaling.
     pub bias: Vec<i32>,
-    /// Per-channel `input scale * weight scale / output scale`.
-    pub requant: Vec<Requant>,
+    /// Per-channel `input scale * weight scale / output scale` (finite, > 0).
+    pub scale: Vec<f32>,
     /// Output zero point.
     pub zero_point: i32,
     /// Smallest output code (the zero point for a fused ReLU).
@@ -1029,20 +1084,37 @@ impl OutputStage {
     /// The output code of channel `j` for accumulator `acc`.
     #[inline]
     pub fn code(&self, j: usize, acc: i32) -> u8 {
-        let y = self.requant[j].apply(acc as i64 + self.bias[j] as i64) + self.zero_point as i64;
-        y.clamp(self.min as i64, self.max as i64) as u8
+        requant_code(
+            acc,
+            self.scale[j],
+            self.offset(j),
+            self.min as f32,
+            self.max as f32,
+        )
+    }
+
+    /// `bias * scale + zero_point` of channel `j`, rounded once to f32.
+    fn offset(&self, j: usize) -> f32 {
+        (self.bias[j] as f64 * self.scale[j] as f64 + self.zero_point as f64) as f32
     }
 
     fn check(&self, n: usize) -> Result<()> {
-        if self.bias.len() != n || self.requant.len() != n {
+        if self.bias.len() != n || self.scale.len() != n {
             return Err(CompressError::InvalidConfig {
                 name: "output stage",
                 value: format!(
                     "{} biases, {} multipliers",
                     self.bias.len(),
-                    self.requant.len()
+                    self.scale.len()
                 ),
                 reason: "need one per output channel",
+            });
+        }
+        if let Some(s) = self.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(CompressError::InvalidConfig {
+                name: "requantization multiplier",
+                value: s.to_string(),
+                reason: "must be finite and positive",
             });
         }
         Ok(())
@@ -1078,7 +1150,7 @@ pub(crate) fn requantize_with(acc: &[i32], tile: &RequantTile, out: &mut [u8]) -
 impl RequantTile {
     /// Channel parameters repeated to a tile of >= 64 values, so that the loop runs over long
     /// contiguous runs (vectorisable) even for layers with a handful of channels. Fails unless
-    /// `stage` has `n >= 1` channels.
+    /// `stage` has `n >= 1` channels with valid multipliers.
     pub(crate) fn new(stage: &OutputStage, n: usize) -> Result<Self> {
         stage.check(n)?;
         if n == 0 {
@@ -1094,25 +1166,14 @@ impl RequantTile {
             reps += 1;
         }
         let tile =
-            |f: &dyn Fn(usize) -> i64| -> Vec<i64> { (0..reps * n).map(|t| f(t % n)).collect() };
-        // The mantissa is below 2^31 (see `Requant::new`), the bias an i32.
-        let tile32 =
-            |f: &dyn Fn(usize) -> i32| -> Vec<i32> { (0..reps * n).map(|t| f(t % n)).collect() };
+            |f: &dyn Fn(usize) -> f32| -> Vec<f32> { (0..reps * n).map(|t| f(t % n)).collect() };
         Ok(Self {
             channels: n,
-            bias: tile32(&|j| stage.bias[j]),
-            mantissa: tile32(&|j| stage.requant[j].mantissa as i32),
-            half: tile(&|j| 1i64 << (stage.requant[j].shift - 1)),
-            shift: tile(&|j| stage.requant[j].shift as i64),
-            zero: stage.zero_point as i64,
-            min: stage.min as i64,
-            max: stage.max as i64,
+            scale: tile(&|j| stage.scale[j]),
+            offset: tile(&|j| stage.offset(j)),
+            min: stage.min as f32,
+            max: stage.max as f32,
             len: reps * n,
-            long: stage
-                .requant
-                .iter()
-                .all(|r| r.shift >= 32)
-                .then(|| LongShifts::new(stage, reps * n)),
         })
     }
 
@@ -1165,18 +1226,12 @@ fn simd() -> Simd {
 #[derive(Clone)]
 pub(crate) struct RequantTile {
     channels: usize,
-    bias: Vec<i32>,
-    mantissa: Vec<i32>,
-    half: Vec<i64>,
-    shift: Vec<i64>,
-    zero: i64,
-    min: i64,
-    max: i64,
+    scale: Vec<f32>,
+    /// [`OutputStage::offset`] of each position.
+    offset: Vec<f32>,
+    min: f32,
+    max: f32,
     len: usize,
-    /// The AVX2 loop's parameters, when every shift is at least 32 (multipliers below
-    /// 2^-1, as they are after a convolution): then `p >> s` is the high half of `p` shifted
-    /// by `s - 32`, which AVX2 does on 32-bit lanes.
-    long: Option<LongShifts>,
 }
 
 impl std::fmt::Debug for RequantTile {
@@ -1188,65 +1243,29 @@ impl std::fmt::Debug for RequantTile {
     }
 }
 
-/// Rounding offsets split by even and odd lanes (the 64-bit products of `vpmuldq`), and
-/// `shift - 32`, tiled as [`RequantTile`]'s values.
-#[derive(Clone)]
-pub(crate) struct LongShifts {
-    half_even: Vec<i64>,
-    half_odd: Vec<i64>,
-    shift: Vec<i32>,
-}
-
-impl LongShifts {
-    fn new(stage: &OutputStage, len: usize) -> Self {
-        let n = stage.requant.len();
-        let r = |t: usize| stage.requant[t % n];
-        let half = |t: usize| 1i64 << (r(t).shift - 1);
-        Self {
-            half_even: (0..len / 2).map(|i| half(2 * i)).collect(),
-            half_odd: (0..len / 2).map(|i| half(2 * i + 1)).collect(),
-            shift: (0..len).map(|t| r(t).shift as i32 - 32).collect(),
-        }
-    }
-}
-
-/// One value of [`requant_tiles`]: accumulator `x` of tile position `j`, in 64 bits.
-#[inline]
-fn requant_one(x: i32, j: usize, t: &RequantTile) -> u8 {
-    let v = (x as i64 + t.bias[j] as i64) * t.mantissa[j] as i64;
-    let sign = v >> 63;
-    let mag = ((v ^ sign) - sign) as u64;
-    let r = ((((mag + t.half[j] as u64) >> t.shift[j] as u64) as i64) ^ sign) - sign;
-    (r + t.zero).clamp(t.min, t.max) as u8
+/// The output code `round(acc * scale + offset)` clamped to `[min, max]`, ties to even: what
+/// `vfmadd`, `vmaxps`, `vminps` and `vcvtps2dq` compute on each lane.
+#[inline(always)]
+fn requant_code(acc: i32, scale: f32, offset: f32, min: f32, max: f32) -> u8 {
+    // Clamping before rounding is the same as after: the bounds are integers.
+    (acc as f32)
+        .mul_add(scale, offset)
+        .max(min)
+        .min(max)
+        .round_ties_even() as u8
 }
 
 /// The requantization loop; inlined into ISA-specific wrappers so that the compiler
-/// vectorises it with their instructions. Same integer arithmetic, same results.
+/// vectorises it with their instructions. Same IEEE arithmetic, same results.
 #[inline(always)]
 fn requant_tiles(acc: &[i32], out: &mut [u8], t: &RequantTile) {
     for (a, o) in acc.chunks(t.len).zip(out.chunks_mut(t.len)) {
-        let params = t.bias.iter().zip(&t.mantissa).zip(&t.half).zip(&t.shift);
-        // Accumulator plus bias in an i32 makes the product one 32 x 32 -> 64-bit multiply;
-        // a run where some sum leaves the i32 range takes the 64-bit sum. (A sum overflows
-        // when its sign differs from both operands' signs; written so that it vectorises.)
-        let wide = a.iter().zip(&t.bias).fold(0i32, |w, (&x, &b)| {
-            let s = x.wrapping_add(b);
-            w | ((x ^ s) & (b ^ s))
-        }) < 0;
-        if wide {
-            // `Requant::apply` written branch-free: round half away from zero.
-            for (j, (&x, y)) in a.iter().zip(o.iter_mut()).enumerate() {
-                *y = requant_one(x, j, t);
-            }
-        } else {
-            for ((&x, y), (((&b, &m), &h), &s)) in a.iter().zip(o.iter_mut()).zip(params) {
-                // |p| < 2^62. Rounding half away from zero is `(p + h) >> s` for p >= 0 and
-                // `-((-p + h) >> s)` below, which equals `(p + h - 1) >> s` (arithmetic
-                // shift: floor) because 2^s - h = h.
-                let p = x.wrapping_add(b) as i64 * m as i64;
-                let r = (p + h + (p >> 63)) >> s;
-                *y = (r + t.zero).clamp(t.min, t.max) as u8;
-            }
+        for ((&x, y), (&s, &b)) in a
+            .iter()
+            .zip(o.iter_mut())
+            .zip(t.scale.iter().zip(&t.offset))
+        {
+            *y = requant_code(x, s, b, t.min, t.max);
         }
     }
 }
@@ -1600,6 +1619,7 @@ pub(crate) fn depthwise_conv2d_on(
     let wi: Vec<i32> = w.iter().map(|&v| v as i32).collect();
     let per_image = oh * ow * c;
     let simd = simd();
+    let pairs = (simd == Simd::Avx2).then(|| DwPairs::new(w, k * k, c, x_zero));
     let run = |first: usize, o: &mut [u8]| {
         let mut acc = vec![0i32; ow * c];
         for (i, img) in o.chunks_mut(per_image).enumerate() {
@@ -1617,7 +1637,11 @@ pub(crate) fn depthwise_conv2d_on(
                     Simd::Avx512 => unsafe { x86::depthwise_row_avx512(&r, oy, &mut acc) },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
-                    Simd::Avx2 => unsafe { x86::depthwise_row_avx2(&r, oy, &mut acc) },
+                    Simd::Avx2 => match &pairs {
+                        // SAFETY: AVX2 is present; `p` is built for this layer.
+                        Some(p) => unsafe { x86::depthwise_row_pairs(&r, p, oy, &mut acc) },
+                        None => depthwise_row(&r, oy, &mut acc),
+                    },
                     _ => depthwise_row(&r, oy, &mut acc),
                 }
                 tile.run(&acc, orow);
@@ -1643,6 +1667,51 @@ pub(crate) struct DwRow<'a> {
     /// `[ky][kx][c]` as i32.
     w: &'a [i32],
     ow: usize,
+}
+
+/// Depthwise weights for [`Isa::Avx2`]: taps in pairs, interleaved as i16 in the lane
+/// order of `vpunpck{l,h}wd`, 16 channels at a time (`[chunk][pair][lo 16, hi 16]`).
+pub(crate) struct DwPairs {
+    w: Vec<i16>,
+    pairs: usize,
+    /// `z * sum over taps of w`, per channel.
+    zsum: Vec<i32>,
+    /// Zero-point codes, read for taps outside the image.
+    zrow: Vec<u8>,
+}
+
+impl DwPairs {
+    /// From weights `[tap][c]`.
+    fn new(w: &[i8], taps: usize, c: usize, z: u8) -> Self {
+        let pairs = taps.div_ceil(2);
+        let chunks = c / 16;
+        let mut v = vec![0i16; chunks * pairs * 32];
+        for ch in 0..chunks {
+            for q in 0..pairs {
+                for half in 0..2 {
+                    for lane in 0..8 {
+                        // i32 lane `lane` of the low (high) half is channel 0-3, 8-11 (4-7, 12-15).
+                        let j = 16 * ch + lane / 4 * 8 + 4 * half + lane % 4;
+                        for e in 0..2 {
+                            let t = 2 * q + e;
+                            if t < taps {
+                                v[((ch * pairs + q) * 2 + half) * 16 + 2 * lane + e] =
+                                    w[t * c + j] as i16;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            w: v,
+            pairs,
+            zsum: (0..c)
+                .map(|j| z as i32 * (0..taps).map(|t| w[t * c + j] as i32).sum::<i32>())
+                .collect(),
+            zrow: vec![z; c],
+        }
+    }
 }
 
 /// Accumulators `[ox][c]` of output row `oy`: `sum (x - z) * w` over the taps inside the image.
@@ -1866,18 +1935,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Reference convolution straight from the definition, on NCHW-free indices.
-    #[allow(clippy::too_many_arguments)]
+    /// Reference convolution straight from the definition: the accumulators
+    /// `sum (x - z) * w` of every output, `[b][oy][ox][o]`.
     fn naive_conv(
         x: &[u8],
         z: i32,
         s: &ConvShape,
         w: &[i8], // [out][ky][kx][in]
-        bias: &[i32],
-        rq: &[Requant],
-        oz: i32,
         depthwise: bool,
-    ) -> Vec<u8> {
+    ) -> Vec<i64> {
         let (oh, ow) = s.output().unwrap();
         let (c, k) = (s.in_channels, s.kernel);
         let mut out = Vec::new();
@@ -1911,13 +1977,25 @@ mod tests {
                                 }
                             }
                         }
-                        let y = rq[o].apply(acc + bias[o] as i64) + oz as i64;
-                        out.push(y.clamp(0, 255) as u8);
+                        out.push(acc);
                     }
                 }
             }
         }
         out
+    }
+
+    /// The codes of reference accumulators `acc` (`n` channels) under `stage`, whose biases
+    /// include `-z * row_sum` (the dense kernels accumulate raw codes, `acc + z * row_sum`).
+    fn naive_codes(acc: &[i64], stage: &OutputStage, z: i32, row_sums: &[i32]) -> Vec<u8> {
+        let n = stage.bias.len();
+        acc.iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let raw = a + z as i64 * row_sums.get(i % n).copied().unwrap_or(0) as i64;
+                stage.code(i % n, i32::try_from(raw).unwrap())
+            })
+            .collect()
     }
 
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -1977,16 +2055,16 @@ mod tests {
             let k = kernel * kernel * cin;
             let w = codes(cout * k, seed + 7);
             let bias: Vec<i32> = (0..cout as i32).map(|j| (j - 3) * 97).collect();
-            let rq: Vec<Requant> = (0..cout).map(|j| Requant::new(mult * (1.0 + j as f64 / 7.0)).unwrap()).collect();
-            let want = naive_conv(&x, z as i32, &s, &w, &bias, &rq, oz, false);
+            let scale: Vec<f32> = (0..cout).map(|j| (mult * (1.0 + j as f64 / 7.0)) as f32).collect();
             // Plain weights are repacked by `conv2d`; convolution weights are used as they are.
             let plain = PackedWeights::new(&w, cout, k).unwrap();
             let conv = PackedWeights::conv(&w, cout, kernel, cin).unwrap();
             prop_assert_eq!(plain.row_sums(), conv.row_sums());
             let stage = OutputStage {
                 bias: bias.iter().zip(plain.row_sums()).map(|(&b, &ws)| b - z as i32 * ws).collect(),
-                requant: rq, zero_point: oz, min: 0, max: 255,
+                scale, zero_point: oz, min: 0, max: 255,
             };
+            let want = naive_codes(&naive_conv(&x, z as i32, &s, &w, false), &stage, z as i32, plain.row_sums());
             for isa in isas() {
                 for packed in [&plain, &conv] {
                     let mut got = Vec::new();
@@ -2013,18 +2091,17 @@ mod tests {
             let k = kernel * kernel * cin;
             let w = codes(cout * k, seed + 5);
             let bias: Vec<i32> = (0..cout as i32).map(|j| (j - 4) * 131).collect();
-            let rq: Vec<Requant> = (0..cout).map(|j| Requant::new(mult * (1.0 + j as f64 / 5.0)).unwrap()).collect();
-            let conv = naive_conv(&x, z as i32, &s, &w, &bias, &rq, oz, false);
+            let scale: Vec<f32> = (0..cout).map(|j| (mult * (1.0 + j as f64 / 5.0)) as f32).collect();
             // A fused ReLU clamps below at the zero point.
             let lo = if relu { oz as u8 } else { 0 };
-            let conv: Vec<u8> = conv.iter().map(|&q| q.max(lo)).collect();
-            let mut want = Vec::new();
-            max_pool(&conv, d, pool_k, pool_s, &mut want).unwrap();
             let packed = PackedWeights::conv(&w, cout, kernel, cin).unwrap();
             let stage = OutputStage {
                 bias: bias.iter().zip(packed.row_sums()).map(|(&b, &ws)| b - z as i32 * ws).collect(),
-                requant: rq, zero_point: oz, min: lo, max: 255,
+                scale, zero_point: oz, min: lo, max: 255,
             };
+            let conv = naive_codes(&naive_conv(&x, z as i32, &s, &w, false), &stage, z as i32, packed.row_sums());
+            let mut want = Vec::new();
+            max_pool(&conv, d, pool_k, pool_s, &mut want).unwrap();
             for isa in isas() {
                 for threads in [Threads::Caller, Threads::Pool] {
                     let mut got = Vec::new();
@@ -2083,8 +2160,7 @@ mod tests {
             rows in 1usize..6, n in 1usize..70, seed in 0u64..1000, zero in 0i32..256,
             lo in 0u8..=255, span in 0u8..=255, log_mult in -40f64..26.0, extreme in 0usize..4,
         ) {
-            // Accumulators and biases across the whole i32 range (sums leaving it take the
-            // 64-bit path), multipliers from ones that vanish (mantissa 0) to 2^29.
+            // Accumulators and biases across the whole i32 range, multipliers from 2^-40 to 2^26.
             let raw = bytes(4 * (rows * n + n), seed);
             let word = |i: usize| i32::from_le_bytes([raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]]);
             let small = |v: i32| v >> 12;
@@ -2095,10 +2171,20 @@ mod tests {
                 _ => if i % 2 == 0 { i32::MIN + (i as i32 % 7) } else { -small(word(i)).abs() },
             }).collect();
             let bias: Vec<i32> = (0..n).map(|j| if extreme == 0 { small(word(rows * n + j)) } else { word(rows * n + j) }).collect();
-            let requant: Vec<Requant> = (0..n)
-                .map(|j| Requant::new(2f64.powf(log_mult) * (1.0 + j as f64 / 9.0)).unwrap())
+            let scale: Vec<f32> = (0..n)
+                .map(|j| (2f64.powf(log_mult) * (1.0 + j as f64 / 9.0)) as f32)
                 .collect();
-            let stage = OutputStage { bias, requant, zero_point: zero, min: lo, max: lo.saturating_add(span) };
+            let stage = OutputStage { bias, scale, zero_point: zero, min: lo, max: lo.saturating_add(span) };
+            // The code is the exact value rounded, up to single-precision error near ties.
+            for (i, &a) in acc.iter().enumerate() {
+                let j = i % n;
+                let exact = ((a as f64 + stage.bias[j] as f64) * stage.scale[j] as f64 + zero as f64)
+                    .clamp(stage.min as f64, stage.max as f64);
+                let err = (stage.code(j, a) as f64 - exact).abs();
+                let terms = ((a as f64).abs() + (stage.bias[j] as f64).abs()) * stage.scale[j] as f64;
+                prop_assert!(err <= 0.5 + 1e-6 * (1.0 + exact.abs() + terms),
+                    "acc {} channel {}: code {} for {}", a, j, stage.code(j, a), exact);
+            }
             let want: Vec<u8> = acc.iter().enumerate().map(|(i, &a)| stage.code(i % n, a)).collect();
             let mut got = vec![0u8; acc.len()];
             requantize(&acc, n, &stage, &mut got).unwrap();
@@ -2139,9 +2225,8 @@ mod tests {
             let x = bytes(batch * h * wd * c, seed);
             let w = codes(kernel * kernel * c, seed + 3);
             let bias: Vec<i32> = (0..c as i32).map(|j| (j - 5) * 31).collect();
-            let rq: Vec<Requant> = (0..c).map(|_| Requant::new(mult).unwrap()).collect();
-            let want = naive_conv(&x, z as i32, &s, &w, &bias, &rq, oz, true);
-            let stage = OutputStage { bias, requant: rq, zero_point: oz, min: 0, max: 255 };
+            let stage = OutputStage { bias, scale: vec![mult as f32; c], zero_point: oz, min: 0, max: 255 };
+            let want = naive_codes(&naive_conv(&x, z as i32, &s, &w, true), &stage, z as i32, &[]);
             let mut got = Vec::new();
             depthwise_conv2d(&x, z, &s, &w, &stage, &mut got).unwrap();
             prop_assert_eq!(got, want);
@@ -2272,7 +2357,7 @@ mod tests {
         let packed = PackedWeights::conv(&w, 6, 5, 1).unwrap();
         let stage = OutputStage {
             bias: (0..6).map(|j| j * 1000 - 2500).collect(),
-            requant: vec![Requant::new(0.0021).unwrap(); 6],
+            scale: vec![0.0021; 6],
             zero_point: 7,
             min: 7,
             max: 255,

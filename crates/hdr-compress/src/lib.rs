@@ -7,7 +7,8 @@
 //!   activation ranges ([`Observer::MinMax`] or [`Observer::Percentile`]), quantizes weights
 //!   per output channel (symmetric int8) and activations per tensor (asymmetric u8).
 //!   [`QuantizedModel::forward`] then runs u8 x i8 -> i32 kernels with fused bias, ReLU and
-//!   fixed-point requantization from the quantized input to the logits.
+//!   single-precision requantization (XNNPACK's "fp32" scheme, the same IEEE operations on
+//!   every ISA) from the quantized input to the logits.
 //! - **Kernels**: [`gemm_u8i8`] uses AVX-512 VNNI or AVX-VNNI (`vpdpbusd`) when the CPU has
 //!   them, AVX2 (`vpmaddwd`, exact) when it has neither ([`Isa::detect`]), a portable loop
 //!   otherwise, with bit-identical results; convolution
@@ -40,7 +41,8 @@
 //!   [`int8_results_markdown`] put several models' f32 and int8 side by side (the `quantize`
 //!   example).
 //!
-//! Rounding is half away from zero everywhere (quantization and requantization).
+//! Quantization and the pools' fixed-point rescaling round half away from zero; the output
+//! stage of products ([`OutputStage`]) rounds ties to even, as `vcvtps2dq` does.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};

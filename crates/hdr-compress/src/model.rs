@@ -789,11 +789,15 @@ impl QuantizedModel {
                 let (min, max) = clamp.range(out);
                 Ok(OutputStage {
                     bias: lw.bias.clone(),
-                    requant: lw
+                    scale: lw
                         .scales
                         .iter()
-                        .map(|&sw| Requant::new(s_in as f64 * sw as f64 / out.scale as f64))
-                        .collect::<Result<_>>()?,
+                        // Multipliers below f32 range would be 0: keep them positive.
+                        .map(|&sw| {
+                            ((s_in as f64 * sw as f64 / out.scale as f64) as f32)
+                                .max(f32::MIN_POSITIVE)
+                        })
+                        .collect(),
                     zero_point: out.zero_point,
                     min,
                     max,
