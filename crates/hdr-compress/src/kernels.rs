@@ -773,12 +773,32 @@ mod x86 {
         out: *mut i32,
         n: usize,
         valid: usize,
+        /// Lanes `..valid` of the two halves, for `vpmaskmovd`.
+        mask: [__m256i; 2],
         rows: usize,
         seen: usize,
         max: [__m256i; 2],
     }
 
     impl Reduce256 {
+        /// For the block whose `valid` channels start at `out`, output rows `n` apart, each
+        /// the maximum of `rows` product rows.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        fn new(out: *mut i32, n: usize, valid: usize, rows: usize) -> Self {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let below = |v: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(v as i32), lanes);
+            Self {
+                out,
+                n,
+                valid,
+                mask: [below(valid.min(8)), below(valid.saturating_sub(8))],
+                rows,
+                seen: 0,
+                max: [_mm256_set1_epi32(i32::MIN); 2],
+            }
+        }
+
         /// # Safety
         /// AVX2; `out` has room for every output row these product rows finish.
         #[target_feature(enable = "avx2")]
@@ -791,13 +811,23 @@ mod x86 {
                 ];
                 self.seen += 1;
                 if self.seen == self.rows {
-                    let mut lanes = [0i32; NB];
-                    // SAFETY: `lanes` is 64 bytes: two 32-byte stores; then the caller's
-                    // contract for `valid` values at `out`.
-                    unsafe {
-                        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, self.max[0]);
-                        _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut _, self.max[1]);
-                        std::ptr::copy_nonoverlapping(lanes.as_ptr(), self.out, self.valid);
+                    if self.valid == NB {
+                        // SAFETY: the caller's contract: `NB` values at `out`.
+                        unsafe {
+                            _mm256_storeu_si256(self.out as *mut _, self.max[0]);
+                            _mm256_storeu_si256(self.out.add(8) as *mut _, self.max[1]);
+                        }
+                    } else {
+                        // A partial block: masked stores write lanes `..valid` only (a copy of
+                        // runtime length would be a library call per output row).
+                        // SAFETY: the caller's contract for `valid` values at `out`; masked-off
+                        // lanes are neither read nor written.
+                        unsafe {
+                            _mm256_maskstore_epi32(self.out, self.mask[0], self.max[0]);
+                            if self.valid > 8 {
+                                _mm256_maskstore_epi32(self.out.add(8), self.mask[1], self.max[1]);
+                            }
+                        }
                     }
                     self.out = self.out.wrapping_add(self.n);
                     self.seen = 0;
@@ -822,14 +852,8 @@ mod x86 {
         let ap = a.as_ptr();
         for b in 0..n.div_ceil(NB) {
             let bp = w.blocks[b * NB * kp..].as_ptr();
-            let mut red = Reduce256 {
-                out: out[b * NB..].as_mut_ptr(),
-                n,
-                valid: (n - b * NB).min(NB),
-                rows: g.rows,
-                seen: 0,
-                max: [_mm256_set1_epi32(i32::MIN); 2],
-            };
+            let valid = (n - b * NB).min(NB);
+            let mut red = Reduce256::new(out[b * NB..].as_mut_ptr(), n, valid, g.rows);
             let mut r = 0;
             // SAFETY: as in `gemm_avx512`.
             while r + 4 <= m {
@@ -911,9 +935,15 @@ mod x86 {
                 red.push(&tile_pairs::<6, WIDE>(ap, rows, g, bp));
                 r += 6;
             }
-            while r < m {
-                red.push(&tile_pairs::<1, WIDE>(ap, [row(r)], g, bp));
-                r += 1;
+            // The last rows in one tile: one pass over the block's weights, not one per row.
+            let at = |i: usize| row(r + i);
+            match m - r {
+                5 => red.push(&tile_pairs::<5, WIDE>(ap, std::array::from_fn(at), g, bp)),
+                4 => red.push(&tile_pairs::<4, WIDE>(ap, std::array::from_fn(at), g, bp)),
+                3 => red.push(&tile_pairs::<3, WIDE>(ap, std::array::from_fn(at), g, bp)),
+                2 => red.push(&tile_pairs::<2, WIDE>(ap, std::array::from_fn(at), g, bp)),
+                1 => red.push(&tile_pairs::<1, WIDE>(ap, [row(r)], g, bp)),
+                _ => {}
             }
         }
     }
@@ -944,14 +974,8 @@ mod x86 {
         let ap = a.as_ptr();
         for b in 0..n.div_ceil(NB) {
             let bp = w.pairs[b * NB * kp2..].as_ptr();
-            let mut red = Reduce256 {
-                out: out[b * NB..].as_mut_ptr(),
-                n,
-                valid: (n - b * NB).min(NB),
-                rows: g.rows,
-                seen: 0,
-                max: [_mm256_set1_epi32(i32::MIN); 2],
-            };
+            let valid = (n - b * NB).min(NB);
+            let mut red = Reduce256::new(out[b * NB..].as_mut_ptr(), n, valid, g.rows);
             // SAFETY: as in `gemm_avx512`.
             if red.valid > 8 {
                 unsafe { pair_rows::<true>(ap, m, &row, g, bp, &mut red) };
@@ -1408,6 +1432,28 @@ pub(crate) enum Threads {
     Pool,
     /// Run on the calling thread (the caller parallelises at a coarser grain).
     Caller,
+    /// Run the batch on the calling thread, a worker of the pool, and split each image of a
+    /// convolution with at least this many multiply-accumulates per image over the pool
+    /// (by output pixels, or output rows for a depthwise one): for a batch too small to
+    /// split, whose large layers would otherwise leave all but one core idle.
+    Within(u64),
+}
+
+/// Multiply-accumulates per image from which [`Threads::Within`] splits a convolution in
+/// the fast run. Between workers of the pool that are already awake the hand-off is cheap:
+/// on a 2-core AMD EPYC, MobileNet-HDR int8 at batch 1 ran about as fast with any threshold
+/// from 16 K to 256 K MACs (a quarter faster than unsplit), and lost some of that from 1 M.
+pub(crate) const SPLIT_MIN_MACS: u64 = 1 << 16;
+
+impl Threads {
+    /// Into how many parts one image of `macs` multiply-accumulates and `units` independent
+    /// outputs (pixels, rows) is split.
+    fn parts(self, macs: u64, units: usize) -> usize {
+        match self {
+            Self::Within(min) if macs >= min => rayon::current_num_threads().min(units).max(1),
+            _ => 1,
+        }
+    }
 }
 
 /// Images per parallel task: a few tasks per thread, so that work stealing evens out threads
@@ -1415,7 +1461,7 @@ pub(crate) enum Threads {
 /// [`Threads::Caller`].
 fn images_per_task(batch: usize, threads: Threads, min: usize) -> usize {
     match threads {
-        Threads::Caller => batch.max(1),
+        Threads::Caller | Threads::Within(_) => batch.max(1),
         Threads::Pool => batch
             .div_ceil(4 * rayon::current_num_threads().max(1))
             .max(min)
@@ -1523,6 +1569,18 @@ pub(crate) fn conv2d_pooled(
             }
         }
     }
+    // For `Threads::Within`, each image's product in parts of whole output pixels.
+    let pixels = ph * pw;
+    let parts = threads.parts((rows * w.k * n) as u64, pixels);
+    let part_rows = pixels.div_ceil(parts) * pk * pk;
+    let part_tables: Vec<RowTable> = if parts > 1 {
+        offsets
+            .chunks(part_rows)
+            .map(|o| RowTable::new(o.to_vec()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let offsets = RowTable::new(offsets);
     out.clear();
     out.resize(s.batch * image_out, 0);
@@ -1555,8 +1613,18 @@ pub(crate) fn conv2d_pooled(
                 &padded
             };
             for (j, acc) in acc.chunks_mut(image_out).enumerate() {
-                let at = Rows::Table(&offsets, j * image_pad);
-                gemm_at(isa, src, rows, at, wp * c, pk * pk, w, acc)?;
+                if part_tables.is_empty() {
+                    let at = Rows::Table(&offsets, j * image_pad);
+                    gemm_at(isa, src, rows, at, wp * c, pk * pk, w, acc)?;
+                } else {
+                    acc.par_chunks_mut(part_rows / (pk * pk) * n)
+                        .zip(part_tables.par_iter())
+                        .try_for_each(|(acc, t)| {
+                            let at = Rows::Table(t, j * image_pad);
+                            let m = t.offsets.len();
+                            gemm_at(isa, src, m, at, wp * c, pk * pk, w, acc)
+                        })?;
+                }
             }
             tile.run(acc, &mut o[i * image_out..(i + nb) * image_out]);
             i += nb;
@@ -1583,8 +1651,43 @@ pub fn depthwise_conv2d(
     stage: &OutputStage,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let tile = RequantTile::new(stage, s.in_channels)?;
-    depthwise_conv2d_on(x, x_zero, s, w, &tile, Threads::Pool, out)
+    let (c, k) = (s.in_channels, s.kernel);
+    if w.len() != k * k * c {
+        return Err(CompressError::InvalidConfig {
+            name: "depthwise weights",
+            value: format!("{} codes for {c} channels, kernel {k}", w.len()),
+            reason: "need k * k * c codes",
+        });
+    }
+    let tile = RequantTile::new(stage, c)?;
+    let w = DwWeights::new(w, k * k, c, x_zero);
+    depthwise_conv2d_on(x, x_zero, s, &w, &tile, Threads::Pool, out)
+}
+
+/// Depthwise weights `[ky][kx][c]` laid out once per layer for [`depthwise_conv2d_on`], for
+/// input zero point `zero`.
+#[derive(Debug, Clone)]
+pub(crate) struct DwWeights {
+    /// The codes as i32.
+    wide: Vec<i32>,
+    taps: usize,
+    channels: usize,
+    zero: u8,
+    /// For [`Simd::Avx2`].
+    pairs: Option<DwPairs>,
+}
+
+impl DwWeights {
+    /// From `taps * c` codes `[tap][c]`.
+    pub(crate) fn new(w: &[i8], taps: usize, c: usize, zero: u8) -> Self {
+        Self {
+            wide: w.iter().map(|&v| v as i32).collect(),
+            taps,
+            channels: c,
+            zero,
+            pairs: (simd() == Simd::Avx2).then(|| DwPairs::new(w, taps, c, zero)),
+        }
+    }
 }
 
 /// [`depthwise_conv2d`] on the given threads.
@@ -1592,7 +1695,7 @@ pub(crate) fn depthwise_conv2d_on(
     x: &[u8],
     x_zero: u8,
     s: &ConvShape,
-    w: &[i8],
+    w: &DwWeights,
     tile: &RequantTile,
     threads: Threads,
     out: &mut Vec<u8>,
@@ -1600,11 +1703,14 @@ pub(crate) fn depthwise_conv2d_on(
     s.check_input(x)?;
     let (oh, ow) = s.output()?;
     let (c, k) = (s.in_channels, s.kernel);
-    if s.out_channels != c || w.len() != k * k * c {
+    if s.out_channels != c || w.channels != c || w.taps != k * k || w.zero != x_zero {
         return Err(CompressError::InvalidConfig {
             name: "depthwise weights",
-            value: format!("{} codes for {c} channels, kernel {k}", w.len()),
-            reason: "need in = out channels and k * k * c codes",
+            value: format!(
+                "{} taps x {} channels for zero point {}",
+                w.taps, w.channels, w.zero
+            ),
+            reason: "need in = out channels, k * k taps and the input's zero point",
         });
     }
     if tile.channels != c {
@@ -1616,35 +1722,47 @@ pub(crate) fn depthwise_conv2d_on(
     }
     out.clear();
     out.resize(s.batch * oh * ow * c, 0);
-    let wi: Vec<i32> = w.iter().map(|&v| v as i32).collect();
-    let per_image = oh * ow * c;
+    let (per_image, line) = (oh * ow * c, ow * c);
     let simd = simd();
-    let pairs = (simd == Simd::Avx2).then(|| DwPairs::new(w, k * k, c, x_zero));
+    // Output rows `first_row..` of image `image` into `o`.
+    let rows = |image: usize, first_row: usize, o: &mut [u8]| {
+        let mut acc = vec![0i32; line];
+        let r = DwRow {
+            x: &x[image * s.height * s.width * c..][..s.height * s.width * c],
+            s,
+            z: x_zero as i32,
+            w: &w.wide,
+            ow,
+        };
+        for (i, orow) in o.chunks_mut(line).enumerate() {
+            let oy = first_row + i;
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `simd` confirmed the features.
+                Simd::Avx512 => unsafe { x86::depthwise_row_avx512(&r, oy, &mut acc) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Simd::Avx2 => match &w.pairs {
+                    // SAFETY: AVX2 is present; `p` is built for this layer.
+                    Some(p) => unsafe { x86::depthwise_row_pairs(&r, p, oy, &mut acc) },
+                    None => depthwise_row(&r, oy, &mut acc),
+                },
+                _ => depthwise_row(&r, oy, &mut acc),
+            }
+            tile.run(&acc, orow);
+        }
+    };
+    // For `Threads::Within`, each image in parts of whole output rows.
+    let parts = threads.parts((per_image * k * k) as u64, oh);
+    let part_rows = oh.div_ceil(parts);
     let run = |first: usize, o: &mut [u8]| {
-        let mut acc = vec![0i32; ow * c];
         for (i, img) in o.chunks_mut(per_image).enumerate() {
-            let r = DwRow {
-                x: &x[(first + i) * s.height * s.width * c..][..s.height * s.width * c],
-                s,
-                z: x_zero as i32,
-                w: &wi,
-                ow,
-            };
-            for (oy, orow) in img.chunks_mut(ow * c).enumerate() {
-                match simd {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `simd` confirmed the features.
-                    Simd::Avx512 => unsafe { x86::depthwise_row_avx512(&r, oy, &mut acc) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Simd::Avx2 => match &pairs {
-                        // SAFETY: AVX2 is present; `p` is built for this layer.
-                        Some(p) => unsafe { x86::depthwise_row_pairs(&r, p, oy, &mut acc) },
-                        None => depthwise_row(&r, oy, &mut acc),
-                    },
-                    _ => depthwise_row(&r, oy, &mut acc),
-                }
-                tile.run(&acc, orow);
+            if parts > 1 {
+                img.par_chunks_mut(part_rows * line)
+                    .enumerate()
+                    .for_each(|(p, o)| rows(first + i, p * part_rows, o));
+            } else {
+                rows(first + i, 0, img);
             }
         }
     };
@@ -1658,7 +1776,6 @@ pub(crate) fn depthwise_conv2d_on(
     }
     Ok(())
 }
-
 /// One image of a depthwise convolution.
 pub(crate) struct DwRow<'a> {
     x: &'a [u8],
@@ -1671,6 +1788,7 @@ pub(crate) struct DwRow<'a> {
 
 /// Depthwise weights for [`Isa::Avx2`]: taps in pairs, interleaved as i16 in the lane
 /// order of `vpunpck{l,h}wd`, 16 channels at a time (`[chunk][pair][lo 16, hi 16]`).
+#[derive(Debug, Clone)]
 pub(crate) struct DwPairs {
     w: Vec<i16>,
     pairs: usize,
@@ -2103,11 +2221,11 @@ mod tests {
             let mut want = Vec::new();
             max_pool(&conv, d, pool_k, pool_s, &mut want).unwrap();
             for isa in isas() {
-                for threads in [Threads::Caller, Threads::Pool] {
+                for threads in [Threads::Caller, Threads::Pool, Threads::Within(0)] {
                     let mut got = Vec::new();
                     let tile = RequantTile::new(&stage, cout).unwrap();
-                    let dims = conv2d_pooled(isa, &x, z, &s, &packed, &tile,
-                        Some((pool_k, pool_s)), threads, &mut got).unwrap();
+                    let dims = hdr_ops::in_pool(|| conv2d_pooled(isa, &x, z, &s, &packed,
+                        &tile, Some((pool_k, pool_s)), threads, &mut got)).unwrap();
                     prop_assert_eq!(dims, pool_out(d, pool_k, pool_s).unwrap());
                     prop_assert_eq!(&got, &want, "{:?} {:?}", isa, threads);
                 }
@@ -2229,7 +2347,12 @@ mod tests {
             let want = naive_codes(&naive_conv(&x, z as i32, &s, &w, true), &stage, z as i32, &[]);
             let mut got = Vec::new();
             depthwise_conv2d(&x, z, &s, &w, &stage, &mut got).unwrap();
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got, &want);
+            let (weights, tile) = (DwWeights::new(&w, kernel * kernel, c, z), RequantTile::new(&stage, c).unwrap());
+            for threads in [Threads::Caller, Threads::Within(0)] {
+                hdr_ops::in_pool(|| depthwise_conv2d_on(&x, z, &s, &weights, &tile, threads, &mut got)).unwrap();
+                prop_assert_eq!(&got, &want, "{:?}", threads);
+            }
         }
 
         #[test]

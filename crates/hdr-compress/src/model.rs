@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CompressError, Result};
 use crate::fold::{folded_conv, missing, read_params, vec_of, BatchNorm};
 use crate::kernels::{
-    self, ConvShape, Dims, Isa, OutputStage, PackedWeights, Requant, RequantTile, Rescale, Threads,
+    self, ConvShape, Dims, DwWeights, Isa, OutputStage, PackedWeights, Requant, RequantTile,
+    Rescale, Threads, SPLIT_MIN_MACS,
 };
 use crate::quant::{quantize_per_channel, Observer, QuantParams, RangeObserver};
 
@@ -190,8 +191,7 @@ enum Prepared {
         dequant: Vec<f32>,
     },
     Depthwise {
-        /// `[ky][kx][c]`.
-        codes: Vec<i8>,
+        weights: DwWeights,
         tile: RequantTile,
     },
     Pool(Requant),
@@ -232,16 +232,17 @@ pub struct QuantizedModel {
     last_reader: Vec<usize>,
     /// Per op, how many ops read its output.
     readers: Vec<usize>,
+    /// [`QuantizedModel::macs`], or 0 when unknown.
+    macs_per_image: u64,
 }
 
 /// How [`QuantizedModel::run_inner`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Every op's output kept, as its own op; kernels spread the batch over threads.
+    /// Every op's output kept, as its own op.
     Inspect,
     /// Outputs dropped (and their buffers reused) after their last reader, a max pool fused
-    /// into the convolution before it; kernels on the calling thread, which runs one chunk
-    /// of the batch.
+    /// into the convolution before it.
     Fast,
 }
 
@@ -828,9 +829,11 @@ impl QuantizedModel {
                                 codes[t * o + j] = lw.codes[j * kk + t];
                             }
                         }
+                        // The input's zero point is what padding taps read.
+                        let zero = s_in.zero_point as u8;
                         Prepared::Depthwise {
                             tile: RequantTile::new(&st, o)?,
-                            codes,
+                            weights: DwWeights::new(&codes, kk, o, zero),
                         }
                     } else {
                         // [o][c][ky][kx] -> [o][ky][kx][c], the order of `im2col` patches.
@@ -942,7 +945,7 @@ impl QuantizedModel {
                 last_reader[k] = i;
             }
         }
-        Ok(Self {
+        let mut model = Self {
             name,
             ops,
             weights,
@@ -950,7 +953,11 @@ impl QuantizedModel {
             isa,
             last_reader,
             readers,
-        })
+            macs_per_image: 0,
+        };
+        // Only a hint for `run` (a model for other image sizes just stays off the pool).
+        model.macs_per_image = model.macs().unwrap_or(0);
+        Ok(model)
     }
 
     /// Name of the model this was quantized from.
@@ -1000,7 +1007,8 @@ impl QuantizedModel {
     /// (batch norms folded in, so none for them).
     pub fn macs(&self) -> Result<u64> {
         // The spatial sizes come from running one blank image.
-        let (_, _, vals) = self.run_inner(&[0.0; 28 * 28], (1, 28, 28, 1), Mode::Inspect)?;
+        let blank = [0.0; 28 * 28];
+        let (_, _, vals) = self.run_inner(&blank, (1, 28, 28, 1), Mode::Inspect, Threads::Pool)?;
         let mut macs = 0u64;
         for (i, op) in self.ops.iter().enumerate() {
             macs += match &op.spec {
@@ -1070,14 +1078,27 @@ impl QuantizedModel {
         let per_image = h * w * c;
         let chunk = images_per_chunk(b);
         if chunk >= b || per_image == 0 || x.len() != b * per_image {
-            let (logits, classes, _) = self.run_inner(x, dims, Mode::Fast)?;
+            // Too few images to split: the large ops split each image instead, on the pool
+            // (entered once, so that each split costs a hand-off between workers, not a
+            // wake-up of the calling thread).
+            let (logits, classes, _) =
+                if self.macs_per_image.saturating_mul(b as u64) >= hdr_ops::IN_POOL_MIN_MACS {
+                    hdr_ops::in_pool(|| {
+                        self.run_inner(x, dims, Mode::Fast, Threads::Within(SPLIT_MIN_MACS))
+                    })?
+                } else {
+                    self.run_inner(x, dims, Mode::Fast, Threads::Caller)?
+                };
             return Ok((logits, classes));
         }
         // Images are independent: chunks of the batch run through the whole network in
         // parallel, each on one thread, with their activations in that core's cache.
         let parts = x
             .par_chunks(chunk * per_image)
-            .map(|xs| self.run_inner(xs, (xs.len() / per_image, h, w, c), Mode::Fast))
+            .map(|xs| {
+                let dims = (xs.len() / per_image, h, w, c);
+                self.run_inner(xs, dims, Mode::Fast, Threads::Caller)
+            })
             .collect::<Result<Vec<_>>>()?;
         let classes = parts.first().map_or(0, |p| p.1);
         let mut logits = Vec::with_capacity(b * classes);
@@ -1109,7 +1130,7 @@ impl QuantizedModel {
             });
         };
         let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (_, _, vals) = self.run_inner(&data, (b, h, w, c), Mode::Inspect)?;
+        let (_, _, vals) = self.run_inner(&data, (b, h, w, c), Mode::Inspect, Threads::Pool)?;
         let mut out = Vec::new();
         for (i, v) in vals.iter().enumerate() {
             let op = &self.ops[i];
@@ -1160,6 +1181,7 @@ impl QuantizedModel {
         x: &[f32],
         (b, h, w, c): Dims,
         mode: Mode,
+        threads: Threads,
     ) -> Result<(Vec<f32>, usize, Vec<Value>)> {
         if x.len() != b * h * w * c || b == 0 {
             return Err(CompressError::BadInput {
@@ -1168,7 +1190,6 @@ impl QuantizedModel {
             });
         }
         let fast = mode == Mode::Fast;
-        let threads = if fast { Threads::Caller } else { Threads::Pool };
         let mut vals: Vec<Value> = Vec::with_capacity(self.ops.len());
         // Buffers of outputs that have been read for the last time, for later outputs.
         let mut spare: Vec<Vec<u8>> = Vec::new();
@@ -1247,12 +1268,12 @@ impl QuantizedModel {
                                 pooled = Some(std::mem::take(&mut y));
                             }
                         }
-                        Prepared::Depthwise { codes, tile } => {
+                        Prepared::Depthwise { weights, tile } => {
                             kernels::depthwise_conv2d_on(
                                 &v.data,
                                 z,
                                 &s,
-                                codes,
+                                weights,
                                 tile,
                                 threads,
                                 &mut y.data,
@@ -1588,10 +1609,19 @@ mod tests {
                     }
                     let q = q.clone().with_isa(isa);
                     let (fast, classes) = q.run(&x, (b, 28, 28, 1)).unwrap();
-                    let (each, c2, _) = q.run_inner(&x, (b, 28, 28, 1), Mode::Inspect).unwrap();
+                    let dims = (b, 28, 28, 1);
+                    let (each, c2, _) =
+                        q.run_inner(&x, dims, Mode::Inspect, Threads::Pool).unwrap();
                     assert_eq!(classes, c2, "{name}");
                     assert_eq!(fast.len(), b * classes, "{name}");
                     assert_eq!(fast, each, "{name} b{b} {isa:?}");
+                    // Each image split over the pool, whatever the model's size.
+                    for threads in [Threads::Within(0), Threads::Caller] {
+                        let (split, _, _) =
+                            hdr_ops::in_pool(|| q.run_inner(&x, dims, Mode::Fast, threads))
+                                .unwrap();
+                        assert_eq!(split, each, "{name} b{b} {isa:?} {threads:?}");
+                    }
                 }
             }
         }
