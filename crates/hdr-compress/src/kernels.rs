@@ -571,7 +571,13 @@ mod x86 {
     ) {
         let (s, c, k) = (r.s, r.s.in_channels, r.s.kernel);
         let mut taps = vec![p.zrow.as_ptr(); 2 * p.pairs];
-        let chunks = c / 16;
+        let full = c / 16;
+        // 16 zeroed bytes per tap; written and read only through `bounce`.
+        let mut buffer = vec![0u8; 32 * p.pairs];
+        let bounce = buffer.as_mut_ptr();
+        let bounced: Vec<*const u8> = (0..2 * p.pairs)
+            .map(|i| bounce.wrapping_add(16 * i) as *const u8)
+            .collect();
         for ox in 0..r.ow {
             for ky in 0..k {
                 for kx in 0..k {
@@ -588,46 +594,56 @@ mod x86 {
             }
             let o = &mut acc[ox * c..][..c];
             // SAFETY: every tap points at `c` codes (a pixel of the image, or `zrow`), so
-            // the 16 bytes at `16 * ch` are inside for `ch < chunks`; `p.w` holds
-            // `chunks * pairs` pairs of 16-lane vectors and `zsum` and `o` hold `c` values.
+            // the 16 bytes at `16 * ch` are inside for `ch < full`; `p.w` holds `chunks * pairs`
+            // pairs of 16-lane vectors and `zsum` `16 * chunks` values; `o` holds `c`.
             unsafe {
-                for ch in 0..chunks {
-                    let mut lo = _mm256_setzero_si256();
-                    let mut hi = _mm256_setzero_si256();
-                    let wv = p.w.as_ptr().add(ch * p.pairs * 32);
-                    for q in 0..p.pairs {
-                        let ld = |t: *const u8| {
-                            _mm256_cvtepu8_epi16(_mm_loadu_si128(t.add(16 * ch) as *const _))
-                        };
-                        let (a, b) = (ld(taps[2 * q]), ld(taps[2 * q + 1]));
-                        let wl = _mm256_loadu_si256(wv.add(32 * q) as *const _);
-                        let wh = _mm256_loadu_si256(wv.add(32 * q + 16) as *const _);
-                        lo = _mm256_add_epi32(
-                            lo,
-                            _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl),
-                        );
-                        hi = _mm256_add_epi32(
-                            hi,
-                            _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh),
-                        );
-                    }
-                    // `lo` holds channels 0-3 and 8-11, `hi` 4-7 and 12-15.
-                    let zs = p.zsum.as_ptr().add(16 * ch);
-                    let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
-                    let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
-                    let first = _mm256_sub_epi32(first, _mm256_loadu_si256(zs as *const _));
-                    let second =
-                        _mm256_sub_epi32(second, _mm256_loadu_si256(zs.add(8) as *const _));
-                    _mm256_storeu_si256(o.as_mut_ptr().add(16 * ch) as *mut _, first);
-                    _mm256_storeu_si256(o.as_mut_ptr().add(16 * ch + 8) as *mut _, second);
+                for ch in 0..full {
+                    dw_chunk(&taps, 16 * ch, p, ch, o.as_mut_ptr().add(16 * ch));
                 }
-                for (j, y) in o.iter_mut().enumerate().skip(16 * chunks) {
-                    let sum: i32 = (0..k * k)
-                        .map(|t| *taps[t].add(j) as i32 * r.w[t * c + j])
-                        .sum();
-                    *y = sum - p.zsum[j];
+                if full < p.chunks {
+                    // The last channels through a zeroed copy, against zero-padded weights.
+                    let rest = c - 16 * full;
+                    for (i, &t) in taps.iter().enumerate() {
+                        std::ptr::copy_nonoverlapping(t.add(16 * full), bounce.add(16 * i), rest);
+                    }
+                    let mut out = [0i32; 16];
+                    dw_chunk(&bounced, 0, p, full, out.as_mut_ptr());
+                    o[16 * full..].copy_from_slice(&out[..rest]);
                 }
             }
+        }
+    }
+
+    /// Channels `16 * ch..16 * ch + 16` of one output pixel into `out`: taps read at byte
+    /// `at` of each pointer.
+    ///
+    /// # Safety
+    /// AVX2; 16 bytes readable at `at` of every tap, `ch < p.chunks`, 16 values at `out`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn dw_chunk(taps: &[*const u8], at: usize, p: &DwPairs, ch: usize, out: *mut i32) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let mut lo = _mm256_setzero_si256();
+            let mut hi = _mm256_setzero_si256();
+            let wv = p.w.as_ptr().add(ch * p.pairs * 32);
+            for q in 0..p.pairs {
+                let ld =
+                    |t: *const u8| _mm256_cvtepu8_epi16(_mm_loadu_si128(t.add(at) as *const _));
+                let (a, b) = (ld(taps[2 * q]), ld(taps[2 * q + 1]));
+                let wl = _mm256_loadu_si256(wv.add(32 * q) as *const _);
+                let wh = _mm256_loadu_si256(wv.add(32 * q + 16) as *const _);
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wl));
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wh));
+            }
+            // `lo` holds channels 0-3 and 8-11, `hi` 4-7 and 12-15.
+            let zs = p.zsum.as_ptr().add(16 * ch);
+            let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
+            let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+            let first = _mm256_sub_epi32(first, _mm256_loadu_si256(zs as *const _));
+            let second = _mm256_sub_epi32(second, _mm256_loadu_si256(zs.add(8) as *const _));
+            _mm256_storeu_si256(out as *mut _, first);
+            _mm256_storeu_si256(out.add(8) as *mut _, second);
         }
     }
 
@@ -1811,7 +1827,9 @@ pub(crate) struct DwRow<'a> {
 pub(crate) struct DwPairs {
     w: Vec<i16>,
     pairs: usize,
-    /// `z * sum over taps of w`, per channel.
+    /// 16-channel chunks, the last one zero-padded when the channels are not a multiple of 16.
+    chunks: usize,
+    /// `z * sum over taps of w`, per channel (0 for the padding).
     zsum: Vec<i32>,
     /// Zero-point codes, read for taps outside the image.
     zrow: Vec<u8>,
@@ -1821,7 +1839,8 @@ impl DwPairs {
     /// From weights `[tap][c]`.
     fn new(w: &[i8], taps: usize, c: usize, z: u8) -> Self {
         let pairs = taps.div_ceil(2);
-        let chunks = c / 16;
+        // The last chunk zero-padded: its missing channels multiply by 0.
+        let chunks = c.div_ceil(16);
         let mut v = vec![0i16; chunks * pairs * 32];
         for ch in 0..chunks {
             for q in 0..pairs {
@@ -1831,7 +1850,7 @@ impl DwPairs {
                         let j = 16 * ch + lane / 4 * 8 + 4 * half + lane % 4;
                         for e in 0..2 {
                             let t = 2 * q + e;
-                            if t < taps {
+                            if t < taps && j < c {
                                 v[((ch * pairs + q) * 2 + half) * 16 + 2 * lane + e] =
                                     w[t * c + j] as i16;
                             }
@@ -1843,9 +1862,13 @@ impl DwPairs {
         Self {
             w: v,
             pairs,
-            zsum: (0..c)
-                .map(|j| z as i32 * (0..taps).map(|t| w[t * c + j] as i32).sum::<i32>())
+            zsum: (0..16 * chunks)
+                .map(|j| match j < c {
+                    true => z as i32 * (0..taps).map(|t| w[t * c + j] as i32).sum::<i32>(),
+                    false => 0,
+                })
                 .collect(),
+            chunks,
             zrow: vec![z; c],
         }
     }
