@@ -572,12 +572,21 @@ mod x86 {
         let (s, c, k) = (r.s, r.s.in_channels, r.s.kernel);
         let mut taps = vec![p.zrow.as_ptr(); 2 * p.pairs];
         let full = c / 16;
-        // 16 zeroed bytes per tap; written and read only through `bounce`.
-        let mut buffer = vec![0u8; 32 * p.pairs];
+        // 16 zeroed bytes per tap for the last partial chunk, written and read only through
+        // `bounce`; not allocated when the channels fill whole chunks (this runs once per row).
+        let partial = full < p.chunks;
+        let mut buffer = if partial {
+            vec![0u8; 32 * p.pairs]
+        } else {
+            Vec::new()
+        };
         let bounce = buffer.as_mut_ptr();
-        let bounced: Vec<*const u8> = (0..2 * p.pairs)
-            .map(|i| bounce.wrapping_add(16 * i) as *const u8)
-            .collect();
+        let bounced: Vec<*const u8> = match partial {
+            true => (0..2 * p.pairs)
+                .map(|i| bounce.wrapping_add(16 * i) as *const u8)
+                .collect(),
+            false => Vec::new(),
+        };
         for ox in 0..r.ow {
             for ky in 0..k {
                 for kx in 0..k {
@@ -600,7 +609,7 @@ mod x86 {
                 for ch in 0..full {
                     dw_chunk(&taps, 16 * ch, p, ch, o.as_mut_ptr().add(16 * ch));
                 }
-                if full < p.chunks {
+                if partial {
                     // The last channels through a zeroed copy, against zero-padded weights.
                     let rest = c - 16 * full;
                     for (i, &t) in taps.iter().enumerate() {
