@@ -74,6 +74,17 @@ struct Args {
     /// images once (consistent soft targets, at the cost of a teacher forward pass per batch).
     #[arg(long)]
     live_teacher: bool,
+    /// Seed of every model's initialisation, data order, augmentation and dropout (default: the
+    /// recipe's, 0). The study is one run at the recipe's seed; others measure the spread.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of stride-2 stages MobileNet-HDR keeps (default: the preset's, 3).
+    #[arg(long)]
+    downsamplings: Option<usize>,
+    /// Train on all 60k training images, the validation split included (a final fit with the
+    /// recipe's epochs; the validation figures are then not held out).
+    #[arg(long, conflicts_with = "train_subset")]
+    refit: bool,
     /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -86,6 +97,7 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
         ..recipe(name, a.epochs)
     };
     cfg.ema = a.ema.or(cfg.ema);
+    cfg.seed = a.seed.unwrap_or(cfg.seed);
     cfg.distill.temperature = a.temperature.unwrap_or(cfg.distill.temperature);
     cfg.distill.alpha = a.alpha.unwrap_or(cfg.distill.alpha);
     cfg.label_smoothing = a.label_smoothing.unwrap_or(cfg.label_smoothing);
@@ -105,7 +117,11 @@ fn main() -> anyhow::Result<()> {
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
     hdr::ops::single_allocator_arena();
     let device = Device::Cpu;
-    let data = StudyData::load(a.data.clone(), a.train_subset)?;
+    let data = if a.refit {
+        StudyData::load_with_validation_in_training(a.data.clone())?
+    } else {
+        StudyData::load(a.data.clone(), a.train_subset)?
+    };
     let splits = data.splits();
     let started = std::time::Instant::now();
     let mut outcomes: Vec<StudyOutcome> = Vec::new();
@@ -113,7 +129,11 @@ fn main() -> anyhow::Result<()> {
     for name in &a.models {
         // Declared before `distill`, which borrows it when the teacher runs live.
         let live_teacher: hdr::models::LoadedModel;
-        let config = hdr::models::config(name)?;
+        let mut config = hdr::models::config(name)?;
+        if let (hdr::models::ModelConfig::MobileNetHdr(c), Some(d)) = (&mut config, a.downsamplings)
+        {
+            c.downsamplings = d;
+        }
         let wants = match &config {
             hdr::models::ModelConfig::MobileNetHdr(c) => c.teacher.clone(),
             _ => None,

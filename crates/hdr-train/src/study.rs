@@ -57,6 +57,23 @@ impl StudyData {
         })
     }
 
+    /// Like [`load`](Self::load), but trains on all 60k training images in their file order,
+    /// the validation split included: a final fit once the recipe has been chosen on
+    /// validation. `val` stays the same 5k images, so it is no longer held out and its figures
+    /// only show the fit; early stopping on it cannot stop a run early in a useful way.
+    pub fn load_with_validation_in_training(dir: Option<PathBuf>) -> Result<Self> {
+        let mnist = Mnist::load_with(&MnistOptions {
+            dir,
+            ..MnistOptions::default()
+        })?;
+        let (_, val) = mnist.train.split(&SplitConfig::default())?;
+        Ok(Self {
+            train: mnist.train,
+            val,
+            test: mnist.test,
+        })
+    }
+
     /// The three splits, borrowed.
     pub fn splits(&self) -> Splits<'_> {
         Splits {

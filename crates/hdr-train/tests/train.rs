@@ -376,3 +376,38 @@ fn short_real_mnist_training_learns() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The study's two data layouts on real MNIST: 55k/5k held out, or all 60k in training with the
+/// same 5k validation images inside it. Fails (does not skip) under CI=true when MNIST is missing.
+#[test]
+fn study_data_holds_out_validation_unless_refitting() -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if std::env::var_os("HDR_DATA_DIR").is_none() {
+        assert!(!ci, "CI=true but HDR_DATA_DIR is not set");
+        eprintln!("note: HDR_DATA_DIR not set; study split test not run");
+        return Ok(());
+    }
+    let held = hdr_train::StudyData::load(None, None)?;
+    let refit = hdr_train::StudyData::load_with_validation_in_training(None)?;
+    assert_eq!((held.train.len(), held.val.len()), (55_000, 5_000));
+    assert_eq!((refit.train.len(), refit.val.len()), (60_000, 5_000));
+    assert_eq!(held.val.images(), refit.val.images());
+    assert_eq!(held.test.len(), 10_000);
+    // Each validation image occurs in the refit's training images and in none of the held-out
+    // training images (MNIST has a few duplicate images, so compare image and label together).
+    let key = |d: &Dataset, i: usize| (d.image(i).to_vec(), d.label(i));
+    let refit_train: std::collections::HashSet<_> = (0..refit.train.len())
+        .map(|i| key(&refit.train, i))
+        .collect();
+    let held_train: std::collections::HashSet<_> =
+        (0..held.train.len()).map(|i| key(&held.train, i)).collect();
+    assert!((0..held.val.len()).all(|i| refit_train.contains(&key(&held.val, i))));
+    let leaked = (0..held.val.len())
+        .filter(|&i| held_train.contains(&key(&held.val, i)))
+        .count();
+    assert_eq!(
+        leaked, 0,
+        "validation images found in the held-out training split"
+    );
+    Ok(())
+}
