@@ -62,6 +62,9 @@ struct Args {
     /// Peak learning rate of every model's one-cycle schedule (default: the recipe's).
     #[arg(long)]
     lr: Option<f64>,
+    /// Images per training step of every model (default: the recipe's, 128).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Weight decay (decoupled for AdamW: each step shrinks weights by lr * wd; default: the
     /// recipe's).
     #[arg(long)]
@@ -102,6 +105,7 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
     cfg.distill.alpha = a.alpha.unwrap_or(cfg.distill.alpha);
     cfg.label_smoothing = a.label_smoothing.unwrap_or(cfg.label_smoothing);
     cfg.lr.base_lr = a.lr.unwrap_or(cfg.lr.base_lr);
+    cfg.batch_size = a.batch_size.unwrap_or(cfg.batch_size);
     cfg.optimizer.weight_decay = a.weight_decay.unwrap_or(cfg.optimizer.weight_decay);
     if a.elastic {
         let before = cfg.augment.take().into_iter().collect();

@@ -55,7 +55,7 @@ pub use evaluate::{evaluate, loss_and_accuracy, measure_efficiency, predict_logi
 pub use history::{EpochRecord, History};
 pub use loss::{cross_entropy, distillation_loss};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
-pub use recipe::recipe;
+pub use recipe::{quick_recipe, recipe};
 pub use schedule::{LrSchedule, Schedule};
 pub use study::{
     results_markdown, study_table, train_and_evaluate, training_cost_markdown, utc_date_today,

@@ -531,7 +531,7 @@ pub fn fit(
             }
             None => None,
         };
-        bar.finish_with_message(format!(
+        let summary = format!(
             "loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{}",
             loss_sum / seen.max(1) as f64,
             100.0 * correct as f64 / seen.max(1) as f64,
@@ -541,7 +541,18 @@ pub fn fit(
                 " | averaged {l:.4} {:.2}%",
                 100.0 * a
             ))
-        ));
+        );
+        if cfg.progress && bar.is_hidden() {
+            // Not a terminal (a log file, CI): indicatif draws nothing, so one plain line per
+            // epoch keeps the run's progress in the log.
+            eprintln!(
+                "epoch {}/{}: {summary} ({:.0} s)",
+                epoch + 1,
+                cfg.epochs,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        bar.finish_with_message(summary);
         history.epochs.push(EpochRecord {
             epoch: epoch + 1,
             lr,
