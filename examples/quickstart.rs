@@ -18,7 +18,7 @@ struct Args {
     /// cores, 2026-12-07).
     #[arg(long, default_value_t = 2)]
     epochs: usize,
-    /// Images per training step (default: the recipe's).
+    /// Images per training step (default: 64, `hdr_train::quick_recipe`).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Where to save the trained model.

@@ -9,7 +9,8 @@
 //!   [`distillation_loss`], [`ensemble_logits`] for several teachers); label smoothing.
 //! - [`Ema`]: a moving average of the weights, validated and kept instead of the raw weights
 //!   ([`TrainConfig::ema`]).
-//! - [`recipe`]: the study's settings for each registered model; [`train_and_evaluate`]: one
+//! - [`recipe`]: the study's settings for each registered model ([`quick_recipe`]: the
+//!   quickstart's few-minute variant); [`train_and_evaluate`]: one
 //!   entry of the comparative study, from configuration to test report.
 //! - Resumable, atomic checkpoints in [`TrainConfig::run_dir`]; same seed, same result.
 //! - [`evaluate`]: the `hdr-metrics` classification report; [`measure_efficiency`]: latency,
