@@ -75,12 +75,13 @@ pub fn recipe(model: &str, epochs: Option<usize>) -> TrainConfig {
 /// The quickstart's settings: [`recipe`] for `model` over `epochs` epochs, at batch 64 and
 /// without the moving average of the weights.
 ///
-/// A run of a few minutes sees each image only two or three times, so it gains more from twice
-/// as many (smaller) steps than from the study's batch of 128, and an average over the last
-/// thousand steps still holds weights from the first epoch. Chosen on the validation split with
-/// MobileNet-HDR over 2 epochs (`cargo run --release --example quickstart -- --epochs 2
-/// --batch-size N`, 2026-12-07, AMD EPYC): batch 128 reached 99.24% raw and 99.26% averaged in
-/// 221 s, batch 64 99.44% raw and 99.36% averaged in 235 s (docs/RESULTS.md).
+/// In a run of a few minutes the weights still move fast at its end, so an average of its last
+/// few hundred steps (the decay ramps up to 0.995 by the 1,718th step) trails the weights it
+/// averages, and twice as many (smaller) steps pay more than the study's batch of 128. Chosen on
+/// the validation split with MobileNet-HDR over 2 epochs (`cargo run --release --example
+/// quickstart -- --epochs 2 --batch-size N`, 2026-12-07, AMD EPYC): batch 128 reached 99.24% raw
+/// and 99.26% averaged in 221 s, batch 64 99.44% raw and 99.36% averaged in 235 s
+/// (docs/RESULTS.md).
 pub fn quick_recipe(model: &str, epochs: usize) -> TrainConfig {
     TrainConfig {
         batch_size: 64,
