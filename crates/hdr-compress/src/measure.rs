@@ -376,26 +376,12 @@ pub fn int8_summary_markdown(rows: &[Int8Comparison]) -> String {
     markdown_table(&INT8_HEADERS, &int8_cells(rows))
 }
 
-/// The first value of `key: value` lines in a `/proc`-style file, if readable.
-fn proc_field(path: &str, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().to_string())
-    })
-}
-
-/// The machine in one line: logical CPUs, CPU model, memory, and the integer instruction set
-/// the int8 kernels use.
+/// The machine in one line ([`hdr_metrics::machine_description`]) and the integer instruction
+/// set the int8 kernels use.
 pub fn machine_description() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
-    let memory = proc_field("/proc/meminfo", "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| format!(", {} RAM", format_bytes(kb * 1024)))
-        .unwrap_or_default();
     format!(
-        "{cpus} logical CPUs ({model}){memory}, integer kernels {:?}",
+        "{}, integer kernels {:?}",
+        hdr_metrics::machine_description(),
         Isa::detect()
     )
 }

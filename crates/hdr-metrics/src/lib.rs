@@ -54,7 +54,8 @@ mod topk;
 pub use compare::{ComparisonRow, ComparisonTable};
 pub use confusion::ConfusionMatrix;
 pub use efficiency::{
-    current_rss_bytes, peak_rss_bytes, Efficiency, LatencyStats, MeasureConfig, ModelSize,
+    current_rss_bytes, machine_description, peak_rss_bytes, Efficiency, LatencyStats,
+    MeasureConfig, ModelSize,
 };
 pub use error::{MetricsError, Result};
 pub use evaluator::{Evaluator, EvaluatorConfig, Misclassified};

@@ -182,9 +182,10 @@ pub fn results_markdown(
     format!(
         "MNIST test split (10,000 images), single models, one seeded run each, CPU only. \
          Precision, recall and F1 are macro averages; latency is batch 1, median.\n\n\
-         - command: `{command}`\n- date: {date}\n- machine: 2 vCPUs (Intel Xeon, AVX-512), 24 GiB, no GPU\n\
+         - command: `{command}`\n- date: {date}\n- machine: {machine}\n\
          - whole run: {mins:.1} min\n\n{table}\nTraining cost:\n\n{cost}",
         date = utc_date_today(),
+        machine = hdr_metrics::machine_description(),
         mins = elapsed.as_secs_f64() / 60.0,
         table = study_table(outcomes).render_markdown(),
         cost = training_cost_markdown(outcomes),
