@@ -1,5 +1,13 @@
-//! An exponential moving average of the weights (Polyak averaging, as timm's `ModelEmaV2`):
-//! evaluated instead of the raw weights, it smooths out the last steps' noise.
+//! An exponential moving average of the weights (Polyak averaging, as timm's `ModelEmaV2` for
+//! the trained parameters): evaluated instead of the raw weights, it smooths out the last
+//! steps' noise.
+//!
+//! Unlike timm, batch-norm statistics are copied from the current weights rather than
+//! averaged. While the weights move fast (the high-learning-rate epochs of a one-cycle
+//! schedule) the average then meets statistics of other weights, and its validation accuracy
+//! can dip far below the raw weights'; once they settle the two match. Averaging the statistics
+//! too kept the average ahead of the raw weights throughout a MobileNet-HDR run and ended at
+//! the same test accuracy (docs/RESULTS.md, 2026-12-07).
 
 use std::collections::HashMap;
 
