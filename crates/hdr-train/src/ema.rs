@@ -6,8 +6,9 @@
 //! averaged. While the weights move fast (the high-learning-rate epochs of a one-cycle
 //! schedule) the average then meets statistics of other weights, and its validation accuracy
 //! can dip far below the raw weights'; once they settle the two match. Averaging the statistics
-//! too kept the average ahead of the raw weights throughout a MobileNet-HDR run and ended at
-//! the same test accuracy (docs/RESULTS.md, 2026-12-07).
+//! too kept the average ahead of the raw weights for the first eight of a MobileNet-HDR run's ten
+//! epochs, level with them after, and ended at the same test accuracy (docs/RESULTS.md,
+//! 2026-12-07).
 
 use std::collections::HashMap;
 
