@@ -85,6 +85,62 @@ impl ConvGeom {
     pub(crate) fn out_dims(&self) -> [usize; 4] {
         [self.b, self.c_out, self.oh, self.ow]
     }
+
+    /// The transposed convolution of this stride-1 one: its "input" is this layer's output
+    /// plane (`c_out` channels) and its "output" this layer's input plane, with padding
+    /// `kh - 1 - pad`. Unfolding the output gradient with it (and multiplying by the kernels
+    /// rotated by 180 degrees, [`flipped_t`]) gives the input gradient without folding
+    /// `c_in * kh * kw` rows back; see [`Conv2dGemm::transposed`]. `None` for strided,
+    /// non-square or 1x1 kernels, and padding of a whole kernel or more.
+    fn transposed(&self) -> Option<ConvGeom> {
+        if self.stride != 1 || self.kh != self.kw || self.pad >= self.kh || self.pointwise() {
+            return None;
+        }
+        Some(ConvGeom {
+            b: self.b,
+            c_in: self.c_out,
+            h: self.oh,
+            w: self.ow,
+            c_out: self.c_in,
+            kh: self.kh,
+            kw: self.kw,
+            stride: 1,
+            pad: self.kh - 1 - self.pad,
+            oh: self.h,
+            ow: self.w,
+        })
+    }
+}
+
+/// The weights `w` `[c_out, c_in, kh*kw]` as `[c_in, c_out*kh*kw]`, each kernel rotated by 180
+/// degrees: the matrix that takes a [`ConvGeom::transposed`] unfolding of the output gradient
+/// to the input gradient (and, transposed, an unfolding of the input to the output's taps).
+fn flipped_t(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let kk = g.kh * g.kw;
+    let row = g.c_out * kk;
+    let mut r = vec![0f32; g.c_in * row];
+    for (o, w_o) in w.chunks_exact(g.c_in * kk).enumerate() {
+        for (c, src) in w_o.chunks_exact(kk).enumerate() {
+            for (d, s) in r[c * row + o * kk..][..kk].iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    r
+}
+
+/// The weight gradient `[c_out, c_in, kh*kw]` from its [`flipped_t`] layout accumulated by the
+/// transposed backward, `[c_out*kh*kw, c_in]` with each kernel rotated.
+fn unflip_dw(g: &ConvGeom, dwt: &[f32]) -> Vec<f32> {
+    let kk = g.kh * g.kw;
+    let mut dw = vec![0f32; dwt.len()];
+    for (r, src) in dwt.chunks_exact(g.c_in).enumerate() {
+        let (o, t) = (r / kk, kk - 1 - r % kk);
+        for (c, &v) in src.iter().enumerate() {
+            dw[(o * g.c_in + c) * kk + t] = v;
+        }
+    }
+    dw
 }
 
 fn dims4(t: &Tensor, op: &'static str, expected: &str) -> Result<[usize; 4]> {
@@ -427,6 +483,36 @@ impl Conv2dGemm {
         (MERGE_MAX_SCRATCH / ((g.k() + g.c_out) * n)).clamp(1, self.max_group.max(1))
     }
 
+    /// The geometry of the transposed convolution when the backward pass takes it: for a
+    /// stride-1 layer with at most as many filters as input channels, one image at a time.
+    ///
+    /// The im2col backward unfolds the input into `c_in*kh*kw` rows (for `dW`), has gemm write
+    /// as many rows of `W^T · G` and folds them back into `dX`: three passes over a matrix 9x
+    /// the size of the input for a 3x3 kernel, bound by memory, not arithmetic (22% of ResNet's
+    /// training on the AMD EPYC, docs/PERFORMANCE.md). Unfolding the output gradient instead,
+    /// `c_out*kh*kw` rows over the input plane, serves both gradients with one pass and no
+    /// folding: `dX = flip(W)^T · D` and `dW = D · X^T` (same arithmetic, in the other order).
+    fn transposed(&self) -> Option<ConvGeom> {
+        let g = &self.g;
+        if g.c_out > g.c_in || self.group_len() != 1 {
+            return None;
+        }
+        g.transposed()
+    }
+
+    /// The geometry of the transposed convolution when the forward pass computes every tap's
+    /// contribution of each filter, `Z = flip(W)^T · X` (`c_out*kh*kw` rows over the input
+    /// plane), and folds `Z` into the output, instead of unfolding the input into `c_in*kh*kw`
+    /// rows: for layers with at most half as many filters as input channels (DenseNet's 3x3
+    /// convolutions, 48 -> 12), where `Z` is the smaller matrix.
+    fn folds_forward(&self) -> Option<ConvGeom> {
+        let g = &self.g;
+        if 2 * g.c_out > g.c_in {
+            return None;
+        }
+        self.transposed()
+    }
+
     /// `y = W · im2col(x)` followed by bias and activation, for the images `x` `[cnt, c_in,
     /// h, w]` -> `y` `[cnt, c_out, oh, ow]`, as one gemm over all their columns.
     fn fwd_images(
@@ -435,11 +521,30 @@ impl Conv2dGemm {
         w: &[f32],
         bias: &[f32],
         y: &mut [MaybeUninit<f32>],
+        fold: Option<(&ConvGeom, &[f32])>,
         par: gemm::Parallelism,
     ) -> candle_core::Result<()> {
         let g = &self.g;
         let (k, n) = (g.k(), g.n());
         let cnt = y.len() / g.out_img();
+        if let (1, Some((gt, wr))) = (cnt, fold) {
+            // Every filter's tap contributions over the input plane, folded into the output.
+            let (rows, hw) = (g.c_out * g.kh * g.kw, g.h * g.w);
+            return with_scratch(rows * hw, 0, |z, _| {
+                sgemm(
+                    (rows, hw, g.c_in),
+                    Mat::rows_t(wr, rows),
+                    Mat::rows(x, hw),
+                    z,
+                    false,
+                    par,
+                )?;
+                let y = crate::util::zeroed(y);
+                col2im(z, gt, y, hw);
+                epilogue(y, bias, n, self.act);
+                Ok(())
+            });
+        }
         if cnt == 1 && g.pointwise() {
             // The image already is the column matrix.
             let y = sgemm_init((g.c_out, n, k), Mat::rows(w, k), Mat::rows(x, n), y, par)?;
@@ -493,7 +598,17 @@ impl Conv2dGemm {
             let dx_grp = dx
                 .as_deref_mut()
                 .map(|d| &mut d[(start - first) * g.in_img()..(end - first) * g.in_img()]);
-            if end - start == 1 {
+            if let (1, Some((gt, wr))) = (end - start, data.flip) {
+                self.bwd_image_t(
+                    start,
+                    data,
+                    (&gt, wr),
+                    dw.as_deref_mut(),
+                    db.as_deref_mut(),
+                    dx_grp,
+                    par,
+                )?;
+            } else if end - start == 1 {
                 self.bwd_image(
                     start,
                     data,
@@ -576,6 +691,75 @@ impl Conv2dGemm {
                     sgemm((k, n, o), wt, Mat::rows(gm, n), col, false, par)?;
                     col2im(col, g, dx_img, n);
                 }
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Self::bwd_image`] through the transposed convolution ([`Self::transposed`]): the
+    /// masked output gradient is unfolded once, `D` `[c_out*kh*kw, h*w]`, then
+    /// `dW^flip += D · X^T` and `dX = flip(W)^T · D`.
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_image_t(
+        &self,
+        bi: usize,
+        data: BwdData<'_>,
+        (gt, wr): (&ConvGeom, &[f32]),
+        dw: Option<&mut [f32]>,
+        db: Option<&mut [f32]>,
+        dx_img: Option<&mut [f32]>,
+        par: gemm::Parallelism,
+    ) -> candle_core::Result<()> {
+        let g = &self.g;
+        let (n, hw) = (g.n(), g.h * g.w);
+        let rows = g.c_out * g.kh * g.kw;
+        let relu = self.act == Activation::Relu;
+        let mask_len = if relu { g.out_img() } else { 0 };
+        let d_len = if dw.is_some() || dx_img.is_some() {
+            rows * hw
+        } else {
+            0
+        };
+        with_scratch(mask_len, d_len, |mask_buf, d| {
+            let g_raw = &data.grad[bi * g.out_img()..][..g.out_img()];
+            let gm: &[f32] = if relu {
+                let y = &data.y[bi * g.out_img()..][..g.out_img()];
+                for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
+                    *m = if yv > 0.0 { gv } else { 0.0 };
+                }
+                mask_buf
+            } else {
+                g_raw
+            };
+            if let Some(db) = db {
+                for (d, row) in db.iter_mut().zip(gm.chunks_exact(n)) {
+                    *d += crate::util::sum(row);
+                }
+            }
+            if d_len == 0 {
+                return Ok(());
+            }
+            im2col(gm, gt, d, hw);
+            if let Some(dw) = dw {
+                let x_img = &data.x[bi * g.in_img()..][..g.in_img()];
+                sgemm(
+                    (rows, g.c_in, hw),
+                    Mat::rows(d, hw),
+                    Mat::rows_t(x_img, hw),
+                    dw,
+                    true,
+                    par,
+                )?;
+            }
+            if let Some(dx_img) = dx_img {
+                sgemm(
+                    (g.c_in, hw, rows),
+                    Mat::rows(wr, rows),
+                    Mat::rows(d, hw),
+                    dx_img,
+                    false,
+                    par,
+                )?;
             }
             Ok(())
         })
@@ -668,6 +852,9 @@ struct BwdData<'a> {
     w: &'a [f32],
     y: &'a [f32],
     grad: &'a [f32],
+    /// The transposed geometry and [`flipped_t`] weights when the backward pass takes
+    /// [`Conv2dGemm::transposed`]; `dW` is then accumulated in the flipped layout.
+    flip: Option<(ConvGeom, &'a [f32])>,
 }
 
 /// Splits `0..b` into at most `parts` contiguous ranges of near-equal size.
@@ -717,6 +904,9 @@ impl CustomOp3 for Conv2dGemm {
             unsafe { y.set_len(g.b * g.out_img()) };
             return Ok((CpuStorage::F32(y), Shape::from_dims(&g.out_dims())));
         }
+        let folds = self.folds_forward();
+        let wr = folds.map(|_| flipped_t(g, w));
+        let fold = folds.as_ref().zip(wr.as_deref());
         let threads = num_threads();
         let group = self.group_len();
         if g.b >= threads && threads > 1 {
@@ -726,7 +916,7 @@ impl CustomOp3 for Conv2dGemm {
             out.par_chunks_mut(per_task * g.out_img())
                 .zip(x.par_chunks(per_task * g.in_img()))
                 .try_for_each(|(y_grp, x_grp)| {
-                    self.fwd_images(x_grp, w, bias, y_grp, gemm::Parallelism::None)
+                    self.fwd_images(x_grp, w, bias, y_grp, fold, gemm::Parallelism::None)
                 })?;
         } else {
             // Small batches (inference): let gemm split each gemm across threads.
@@ -735,7 +925,7 @@ impl CustomOp3 for Conv2dGemm {
                 .chunks_mut(per_call * g.out_img())
                 .zip(x.chunks(per_call * g.in_img()))
             {
-                self.fwd_images(x_grp, w, bias, y_grp, gemm_par_all())?;
+                self.fwd_images(x_grp, w, bias, y_grp, fold, gemm_par_all())?;
             }
         }
         // SAFETY: the chunks above partition `out`, and `fwd_images` succeeded on each, writing
@@ -778,11 +968,14 @@ impl Conv2dGemm {
         if xd.len() != g.b * g.in_img() || wd.len() != g.c_out * g.k() {
             bail!("{name}: inputs do not match the validated geometry")
         }
+        let gt = self.transposed();
+        let wr = gt.map(|_| flipped_t(g, wd));
         let data = BwdData {
             x: xd,
             w: wd,
             y: yd,
             grad: gd,
+            flip: gt.zip(wr.as_deref()),
         };
         let threads = num_threads();
         let (ranges, par) = if g.b >= threads && threads > 1 {
@@ -828,6 +1021,9 @@ impl Conv2dGemm {
         for (dw, db) in partials {
             dw_acc.iter_mut().zip(&dw).for_each(|(a, v)| *a += v);
             db_acc.iter_mut().zip(&db).for_each(|(a, v)| *a += v);
+        }
+        if need_w && data.flip.is_some() {
+            dw_acc = unflip_dw(g, &dw_acc);
         }
         Ok((
             need_x.then_some(dx),
@@ -1228,6 +1424,61 @@ mod tests {
         ) {
             check_dense(g, relu, bias, mg, seed).map_err(TestCaseError::fail)?;
         }
+    }
+
+    #[test]
+    fn transposed_paths_match_naive() -> std::result::Result<(), String> {
+        // (batch, c_in, c_out, h, w, kernel, pad, folds the forward)
+        for &(b, c_in, c_out, h, w, k, pad, folds) in &[
+            (3, 16, 16, 8, 8, 3, 1, false), // ResNet-like: backward only
+            (2, 48, 12, 7, 9, 3, 1, true),  // DenseNet-like: forward too
+            (1, 5, 2, 11, 7, 3, 0, true),   // no padding
+            (2, 4, 3, 9, 7, 5, 2, false),   // 5x5 "same"
+            (3, 6, 6, 12, 11, 5, 0, false), // 5x5 valid: transposed padding 4
+            (1, 8, 4, 7, 8, 3, 2, true),    // padding past "same"
+        ] {
+            let (oh, ow) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+            let g = ConvGeom {
+                b,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh: k,
+                kw: k,
+                stride: 1,
+                pad,
+                oh,
+                ow,
+            };
+            let op = Conv2dGemm {
+                g,
+                act: Activation::None,
+                max_group: usize::MAX,
+            };
+            if op.transposed().is_none() || op.folds_forward().is_some() != folds {
+                return Err(format!("{g:?} does not take the path under test"));
+            }
+            check_dense(g, true, true, usize::MAX, b as u64)?;
+            check_dense(g, false, false, usize::MAX, b as u64 + 100)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn flipped_weights_round_trip() {
+        let g = geom(3, 5, 5, 3, 1, 1);
+        let g = ConvGeom { c_out: 2, ..g };
+        let w: Vec<f32> = (0..g.c_out * g.k()).map(|i| i as f32).collect();
+        let r = flipped_t(&g, &w);
+        // Output channel 1, input channel 2, first tap of the rotated kernel = last tap.
+        assert_eq!(r[2 * 2 * 9 + 9], w[(3 + 2) * 9 + 8]);
+        // unflip_dw takes the transposed layout [c_out*kh*kw, c_in] back.
+        let rows = g.c_out * 9;
+        let t: Vec<f32> = (0..rows * g.c_in)
+            .map(|i| r[(i % g.c_in) * rows + i / g.c_in])
+            .collect();
+        assert_eq!(unflip_dw(&g, &t), w);
     }
 
     #[test]
