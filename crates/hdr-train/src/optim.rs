@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -166,22 +167,25 @@ impl Optimizer {
 
     /// Applies one update with learning rate `lr`; returns the global gradient norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<f64> {
-        let mut host: Vec<Option<Vec<f32>>> = Vec::with_capacity(self.slots.len());
-        let mut sq = 0f64;
-        for s in &self.slots {
-            match grads.get(s.var.as_tensor()) {
-                Some(g) => {
-                    let g = g
-                        .flatten_all()?
-                        .to_dtype(candle_core::DType::F32)?
-                        .to_vec1::<f32>()?;
-                    sq += g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
-                    host.push(Some(g));
-                }
-                None => host.push(None),
-            }
-        }
-        let norm = sq.sqrt();
+        // Variables are updated in parallel, each by one thread with the same arithmetic as
+        // a serial loop, and the squared norms are summed in variable order: the result does
+        // not depend on the thread count.
+        let host = self
+            .slots
+            .par_iter()
+            .map(|s| -> Result<Option<(Vec<f32>, f64)>> {
+                let Some(g) = grads.get(s.var.as_tensor()) else {
+                    return Ok(None);
+                };
+                let g = g
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let sq = g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+                Ok(Some((g, sq)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = host.iter().flatten().map(|(_, sq)| sq).sum::<f64>().sqrt();
         let scale = match self.cfg.grad_clip {
             Some(c) if norm > c => (c / norm) as f32,
             _ => 1.0,
@@ -193,47 +197,51 @@ impl Optimizer {
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         let lr32 = lr as f32;
-        for (s, g) in self.slots.iter_mut().zip(host) {
-            let Some(g) = g else { continue };
-            let var_t = s.var.as_tensor();
-            let mut p = var_t
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()?;
-            let wd = if s.decay { c.weight_decay as f32 } else { 0.0 };
-            match c.kind {
-                OptimizerKind::Adam | OptimizerKind::AdamW => adam(
-                    &mut p,
-                    &g,
-                    &mut s.m,
-                    &mut s.v,
-                    &AdamStep {
-                        scale,
-                        lr: lr32,
-                        wd,
-                        decoupled: matches!(c.kind, OptimizerKind::AdamW),
-                        b1,
-                        b2,
-                        step_size: (lr / bc1) as f32,
-                        inv_bc2: (1.0 / bc2.sqrt()) as f32,
-                        eps: c.eps as f32,
-                    },
-                ),
-                OptimizerKind::Sgd { momentum, nesterov } => {
-                    let mu = momentum as f32;
-                    for ((p, &g), m) in p.iter_mut().zip(&g).zip(s.m.iter_mut()) {
-                        let gi = g * scale + wd * *p;
-                        *m = mu * *m + gi;
-                        let d = if nesterov { gi + mu * *m } else { *m };
-                        *p -= lr32 * d;
+        self.slots
+            .par_iter_mut()
+            .zip(host)
+            .try_for_each(|(s, g)| -> Result<()> {
+                let Some((g, _)) = g else { return Ok(()) };
+                let var_t = s.var.as_tensor();
+                let mut p = var_t
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let wd = if s.decay { c.weight_decay as f32 } else { 0.0 };
+                match c.kind {
+                    OptimizerKind::Adam | OptimizerKind::AdamW => adam(
+                        &mut p,
+                        &g,
+                        &mut s.m,
+                        &mut s.v,
+                        &AdamStep {
+                            scale,
+                            lr: lr32,
+                            wd,
+                            decoupled: matches!(c.kind, OptimizerKind::AdamW),
+                            b1,
+                            b2,
+                            step_size: (lr / bc1) as f32,
+                            inv_bc2: (1.0 / bc2.sqrt()) as f32,
+                            eps: c.eps as f32,
+                        },
+                    ),
+                    OptimizerKind::Sgd { momentum, nesterov } => {
+                        let mu = momentum as f32;
+                        for ((p, &g), m) in p.iter_mut().zip(&g).zip(s.m.iter_mut()) {
+                            let gi = g * scale + wd * *p;
+                            *m = mu * *m + gi;
+                            let d = if nesterov { gi + mu * *m } else { *m };
+                            *p -= lr32 * d;
+                        }
                     }
                 }
-            }
-            let new = Tensor::from_vec(p, var_t.shape(), &Device::Cpu)?
-                .to_dtype(var_t.dtype())?
-                .to_device(var_t.device())?;
-            s.var.set(&new)?;
-        }
+                let new = Tensor::from_vec(p, var_t.shape(), &Device::Cpu)?
+                    .to_dtype(var_t.dtype())?
+                    .to_device(var_t.device())?;
+                s.var.set(&new)?;
+                Ok(())
+            })?;
         Ok(norm)
     }
 

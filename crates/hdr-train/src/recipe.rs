@@ -89,3 +89,39 @@ pub fn quick_recipe(model: &str, epochs: usize) -> TrainConfig {
         ..recipe(model, Some(epochs))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{quick_recipe, recipe};
+
+    #[test]
+    fn the_quickstart_takes_the_study_recipe_at_batch_64_without_the_average() {
+        let study = recipe("mobilenet_hdr", None);
+        assert_eq!(
+            (study.epochs, study.batch_size, study.ema),
+            (10, 128, Some(0.999))
+        );
+        let quick = quick_recipe("mobilenet_hdr", 2);
+        assert_eq!((quick.epochs, quick.batch_size, quick.ema), (2, 64, None));
+        // Everything else is the study's.
+        assert_eq!(quick.lr.base_lr, study.lr.base_lr);
+        assert_eq!(quick.optimizer.kind, study.optimizer.kind);
+        assert_eq!(quick.optimizer.weight_decay, study.optimizer.weight_decay);
+        assert_eq!(quick.aux_weight, study.aux_weight);
+        assert!(quick.augment.is_some());
+    }
+
+    #[test]
+    fn models_without_batch_norm_take_adam_without_weight_decay() {
+        for model in ["mlp1", "mlp3", "lenet5"] {
+            let cfg = recipe(model, None);
+            assert_eq!(cfg.optimizer.weight_decay, 0.0, "{model}");
+            assert_eq!(cfg.optimizer.kind, crate::OptimizerKind::Adam, "{model}");
+        }
+        assert_eq!(recipe("resnet", Some(3)).epochs, 3);
+        assert_eq!(
+            recipe("densenet", None).optimizer.kind,
+            crate::OptimizerKind::AdamW
+        );
+    }
+}

@@ -252,6 +252,60 @@ mod tests {
     }
 
     #[test]
+    fn results_page_names_the_run_the_machine_and_each_models_cost() -> crate::Result<()> {
+        use hdr_metrics::{ClassificationReport, ConfusionMatrix, MetricsConfig};
+        let matrix = ConfusionMatrix::from_predictions(3, &[0u8, 1, 2, 2], &[0u8, 1, 2, 1])?;
+        let report = ClassificationReport::new("tiny", "test", &matrix, &MetricsConfig::default())?;
+        let record = |epoch: usize, ips: f64| crate::EpochRecord {
+            epoch,
+            lr: 1e-3,
+            train_loss: 0.5,
+            train_accuracy: 0.8,
+            val_loss: 0.4,
+            val_accuracy: 0.75,
+            ema_val_loss: None,
+            ema_val_accuracy: None,
+            seconds: 2.0,
+            images_per_second: ips,
+        };
+        let outcome = super::StudyOutcome {
+            label: "tiny".into(),
+            report,
+            history: crate::History {
+                epochs: vec![record(1, 100.0), record(2, 300.0)],
+                best_epoch: Some(2),
+                stopped_early: false,
+            },
+            train_seconds: 754.0,
+            file: "tiny.safetensors".into(),
+        };
+        let page = super::results_markdown(
+            &[outcome],
+            "compare --models tiny",
+            std::time::Duration::from_secs(90),
+        );
+        let line = |key: &str| {
+            page.lines()
+                .find(|l| l.starts_with(key))
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        assert_eq!(line("- command:"), "- command: `compare --models tiny`");
+        assert_eq!(line("- whole run:"), "- whole run: 1.5 min");
+        assert_eq!(line("- date:").len(), "- date: 2026-12-07".len(), "{page}");
+        // The machine the page was generated on, not a fixed string.
+        assert_eq!(
+            line("- machine:"),
+            format!("- machine: {}", hdr_metrics::machine_description())
+        );
+        // 3 of 4 right; two epochs, the second best, 200 images/s on average.
+        assert!(page.contains("75.00%"), "{page}");
+        assert!(page.contains("| tiny | 2 | 2 |"), "{page}");
+        assert!(page.contains("| 200 |"), "{page}");
+        Ok(())
+    }
+
+    #[test]
     fn civil_dates() {
         assert_eq!(super::civil_date(0), "1970-01-01");
         assert_eq!(super::civil_date(11_016), "2000-02-29");

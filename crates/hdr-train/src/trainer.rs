@@ -531,16 +531,13 @@ pub fn fit(
             }
             None => None,
         };
-        let summary = format!(
-            "loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{}",
-            loss_sum / seen.max(1) as f64,
-            100.0 * correct as f64 / seen.max(1) as f64,
-            val_loss,
-            100.0 * val_accuracy,
-            ema_val.map_or(String::new(), |(l, a)| format!(
-                " | averaged {l:.4} {:.2}%",
-                100.0 * a
-            ))
+        let summary = epoch_summary(
+            (
+                loss_sum / seen.max(1) as f64,
+                correct as f64 / seen.max(1) as f64,
+            ),
+            (val_loss, val_accuracy),
+            ema_val,
         );
         if cfg.progress && bar.is_hidden() {
             // Not a terminal (a log file, CI): indicatif draws nothing, so one plain line per
@@ -697,8 +694,37 @@ pub fn trainable(vars: &VarMap) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// One epoch's line in the progress bar and the log: training loss and accuracy, then
+/// validation loss and accuracy of the weights and, when kept, of their moving average
+/// (accuracies as fractions).
+fn epoch_summary(train: (f64, f64), val: (f64, f64), averaged: Option<(f64, f64)>) -> String {
+    format!(
+        "loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}%{}",
+        train.0,
+        100.0 * train.1,
+        val.0,
+        100.0 * val.1,
+        averaged.map_or(String::new(), |(l, a)| format!(
+            " | averaged {l:.4} {:.2}%",
+            100.0 * a
+        ))
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn epoch_lines_show_the_average_only_when_kept() {
+        assert_eq!(
+            super::epoch_summary((0.08061, 0.99614), (0.012, 0.9964), None),
+            "loss 0.0806 acc 99.61% | val loss 0.0120 acc 99.64%"
+        );
+        assert_eq!(
+            super::epoch_summary((3.0878, 0.8158), (0.2227, 0.959), Some((1.95884, 0.555))),
+            "loss 3.0878 acc 81.58% | val loss 0.2227 acc 95.90% | averaged 1.9588 55.50%"
+        );
+    }
+
     use super::*;
 
     #[test]
