@@ -716,11 +716,11 @@ mod tests {
     #[test]
     fn epoch_lines_show_the_average_only_when_kept() {
         assert_eq!(
-            super::epoch_summary((0.08061, 0.99614), (0.012, 0.9964), None),
+            epoch_summary((0.08061, 0.99614), (0.012, 0.9964), None),
             "loss 0.0806 acc 99.61% | val loss 0.0120 acc 99.64%"
         );
         assert_eq!(
-            super::epoch_summary((3.0878, 0.8158), (0.2227, 0.959), Some((1.95884, 0.555))),
+            epoch_summary((3.0878, 0.8158), (0.2227, 0.959), Some((1.95884, 0.555))),
             "loss 3.0878 acc 81.58% | val loss 0.2227 acc 95.90% | averaged 1.9588 55.50%"
         );
     }
