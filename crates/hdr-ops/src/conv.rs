@@ -632,6 +632,34 @@ impl Conv2dGemm {
         Ok(())
     }
 
+    /// The output gradient of image `bi` through the activation (masked into `mask_buf`, which
+    /// holds one output image, for ReLU), with the bias gradient accumulated from it into `db`.
+    fn masked_grad<'m>(
+        &self,
+        bi: usize,
+        data: BwdData<'m>,
+        mask_buf: &'m mut [f32],
+        db: Option<&mut [f32]>,
+    ) -> &'m [f32] {
+        let out = self.g.out_img();
+        let g_raw = &data.grad[bi * out..][..out];
+        let gm: &[f32] = if self.act == Activation::Relu {
+            let y = &data.y[bi * out..][..out];
+            for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
+                *m = if yv > 0.0 { gv } else { 0.0 };
+            }
+            mask_buf
+        } else {
+            g_raw
+        };
+        if let Some(db) = db {
+            for (d, row) in db.iter_mut().zip(gm.chunks_exact(self.g.n())) {
+                *d += crate::util::sum(row);
+            }
+        }
+        gm
+    }
+
     /// Backward of one image: the activation mask is applied into scratch, the bias gradient is
     /// reduced from it, then it feeds both gemms.
     fn bwd_image(
@@ -649,21 +677,7 @@ impl Conv2dGemm {
         let mask_len = if relu { g.out_img() } else { 0 };
         let col_len = if g.pointwise() { 0 } else { k * n };
         with_scratch(mask_len, col_len, |mask_buf, col| {
-            let g_raw = &data.grad[bi * g.out_img()..][..g.out_img()];
-            let gm: &[f32] = if relu {
-                let y = &data.y[bi * g.out_img()..][..g.out_img()];
-                for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
-                    *m = if yv > 0.0 { gv } else { 0.0 };
-                }
-                mask_buf
-            } else {
-                g_raw
-            };
-            if let Some(db) = db {
-                for (d, row) in db.iter_mut().zip(gm.chunks_exact(n)) {
-                    *d += crate::util::sum(row);
-                }
-            }
+            let gm = self.masked_grad(bi, data, mask_buf, db);
             let x_img = &data.x[bi * g.in_img()..][..g.in_img()];
             if let Some(dw) = dw {
                 // dw += g_img · im2col(x_img)^T
@@ -711,7 +725,7 @@ impl Conv2dGemm {
         par: gemm::Parallelism,
     ) -> candle_core::Result<()> {
         let g = &self.g;
-        let (n, hw) = (g.n(), g.h * g.w);
+        let hw = g.h * g.w;
         let rows = g.c_out * g.kh * g.kw;
         let relu = self.act == Activation::Relu;
         let mask_len = if relu { g.out_img() } else { 0 };
@@ -721,21 +735,7 @@ impl Conv2dGemm {
             0
         };
         with_scratch(mask_len, d_len, |mask_buf, d| {
-            let g_raw = &data.grad[bi * g.out_img()..][..g.out_img()];
-            let gm: &[f32] = if relu {
-                let y = &data.y[bi * g.out_img()..][..g.out_img()];
-                for ((m, &gv), &yv) in mask_buf.iter_mut().zip(g_raw).zip(y) {
-                    *m = if yv > 0.0 { gv } else { 0.0 };
-                }
-                mask_buf
-            } else {
-                g_raw
-            };
-            if let Some(db) = db {
-                for (d, row) in db.iter_mut().zip(gm.chunks_exact(n)) {
-                    *d += crate::util::sum(row);
-                }
-            }
+            let gm = self.masked_grad(bi, data, mask_buf, db);
             if d_len == 0 {
                 return Ok(());
             }
@@ -1437,19 +1437,10 @@ mod tests {
             (3, 6, 6, 12, 11, 5, 0, false), // 5x5 valid: transposed padding 4
             (1, 8, 4, 7, 8, 3, 2, true),    // padding past "same"
         ] {
-            let (oh, ow) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
             let g = ConvGeom {
                 b,
-                c_in,
-                h,
-                w,
                 c_out,
-                kh: k,
-                kw: k,
-                stride: 1,
-                pad,
-                oh,
-                ow,
+                ..geom(c_in, h, w, k, 1, pad)
             };
             let op = Conv2dGemm {
                 g,
