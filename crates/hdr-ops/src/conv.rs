@@ -632,6 +632,15 @@ impl Conv2dGemm {
         Ok(())
     }
 
+    /// Scratch [`Self::masked_grad`] needs: one output image for ReLU, none otherwise.
+    fn mask_len(&self) -> usize {
+        if self.act == Activation::Relu {
+            self.g.out_img()
+        } else {
+            0
+        }
+    }
+
     /// The output gradient of image `bi` through the activation (masked into `mask_buf`, which
     /// holds one output image, for ReLU), with the bias gradient accumulated from it into `db`.
     fn masked_grad<'m>(
@@ -673,8 +682,7 @@ impl Conv2dGemm {
     ) -> candle_core::Result<()> {
         let g = &self.g;
         let (k, n, o) = (g.k(), g.n(), g.c_out);
-        let relu = self.act == Activation::Relu;
-        let mask_len = if relu { g.out_img() } else { 0 };
+        let mask_len = self.mask_len();
         let col_len = if g.pointwise() { 0 } else { k * n };
         with_scratch(mask_len, col_len, |mask_buf, col| {
             let gm = self.masked_grad(bi, data, mask_buf, db);
@@ -727,8 +735,7 @@ impl Conv2dGemm {
         let g = &self.g;
         let hw = g.h * g.w;
         let rows = g.c_out * g.kh * g.kw;
-        let relu = self.act == Activation::Relu;
-        let mask_len = if relu { g.out_img() } else { 0 };
+        let mask_len = self.mask_len();
         let d_len = if dw.is_some() || dx_img.is_some() {
             rows * hw
         } else {
