@@ -17,7 +17,14 @@ use hdr::train::{cross_entropy, Optimizer, OptimizerConfig};
 fn train_step(c: &mut Criterion) {
     let device = Device::Cpu;
     let batch = 64;
-    for name in ["lenet5", "mobilenet_hdr"] {
+    for name in [
+        "mlp3",
+        "lenet5",
+        "resnet",
+        "densenet",
+        "mobilenet",
+        "mobilenet_hdr",
+    ] {
         let vars = VarMap::new();
         let model = hdr::models::create(name, VarBuilder::from_varmap(&vars, DType::F32, &device))
             .expect("model");

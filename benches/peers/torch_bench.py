@@ -22,6 +22,24 @@ torch.set_num_threads(2)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+class Mlp3(nn.Module):
+    """hdr_models::MlpConfig::three_hidden(): 784-800-800-800-10, ReLU, dropout 0.2 after each
+    hidden layer (training only), 1,917,610 parameters."""
+
+    def __init__(self, hidden=(800, 800, 800), p=0.2):
+        super().__init__()
+        widths = (784,) + tuple(hidden)
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(widths[-1], 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        for fc in self.fcs:
+            x = self.drop(F.relu(fc(x)))
+        return self.head(x), None
+
+
 class LeNet5(nn.Module):
     """hdr_models::LeNet5Config::default(): ReLU, max pooling, 61,706 parameters."""
 
@@ -45,9 +63,123 @@ V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)
              (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
 
 
-def conv_bn(c_in, c_out, k, stride, groups=1):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+def conv_bn(c_in, c_out, k, stride, groups=1, relu=True):
+    layers = [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(c_out)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3/stride + BN + ReLU, conv3x3 + BN; identity shortcut, or 1x1/stride conv + BN
+    when the shape changes; ReLU after the sum."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = conv_bn(c_in, c_out, 3, stride)
+        self.conv2 = conv_bn(c_out, c_out, 3, 1, relu=False)
+        self.shortcut = (conv_bn(c_in, c_out, 1, stride, relu=False)
+                         if stride != 1 or c_in != c_out else None)
+
+    def forward(self, x):
+        s = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(self.conv2(self.conv1(x)) + s)
+
+
+class ResNet(nn.Module):
+    """hdr_models::ResNetConfig::default(): 3x3 stem of 16 + BN + ReLU, stages of 2 basic blocks
+    at 16 (stride 1), 32 (stride 2), 64 (stride 2) channels, global average pooling, linear head;
+    no dropout; 174,970 parameters."""
+
+    def __init__(self, stem=16, stages=((16, 2, 1), (32, 2, 2), (64, 2, 2))):
+        super().__init__()
+        self.stem = conv_bn(1, stem, 3, 1)
+        blocks, c = [], stem
+        for channels, n, stride in stages:
+            for b in range(n):
+                blocks.append(BasicBlock(c, channels, stride if b == 0 else 1))
+                c = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean((2, 3))), None
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer: BN-ReLU-conv1x1 (bottleneck * growth), BN-ReLU-conv3x3 (growth),
+    concatenated after the input; convolutions without bias."""
+
+    def __init__(self, c_in, growth, bottleneck):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, bottleneck * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(bottleneck * growth)
+        self.conv2 = nn.Conv2d(bottleneck * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        h = self.conv1(F.relu(self.bn1(x)))
+        h = self.conv2(F.relu(self.bn2(h)))
+        return torch.cat([x, h], 1)
+
+
+class DenseNet(nn.Module):
+    """hdr_models::DenseNetConfig::default(): DenseNet-BC, growth 12, bottleneck 4, blocks 6-6-6,
+    compression 0.5: 3x3 stem conv of 24 (no bias, no BN), 2x2 average pool (28 -> 14), dense
+    blocks at 14x14, 7x7, 3x3 with transitions BN-ReLU-conv1x1-avgpool2x2 between them, final
+    BN + ReLU, global average pooling, linear head; no dropout; 175,690 parameters."""
+
+    def __init__(self, growth=12, blocks=(6, 6, 6), bottleneck=4, compression=0.5):
+        super().__init__()
+        c = 2 * growth
+        self.stem = nn.Conv2d(1, c, 3, padding=1, bias=False)
+        stages = []
+        for i, n in enumerate(blocks):
+            layers = []
+            for _ in range(n):
+                layers.append(DenseLayer(c, growth, bottleneck))
+                c += growth
+            if i + 1 < len(blocks):
+                out = max(1, int(c * compression))
+                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                           nn.Conv2d(c, out, 1, bias=False), nn.AvgPool2d(2, 2)]
+                c = out
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.final_bn = nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stages(F.avg_pool2d(self.stem(x), 2, 2))
+        x = F.relu(self.final_bn(x))
+        return self.head(x.mean((2, 3))), None
+
+
+class MobileNet(nn.Module):
+    """hdr_models::MobileNetConfig::default(): MobileNet v1 as published, width 1.0: grey input
+    replicated to 3 channels, 3x3 stride-2 stem of 32 + BN + ReLU, the 13 separable blocks of
+    Table 1 (depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU) with their strides (28x28 ->
+    1x1), global average pooling, linear head; no dropout; 3,217,226 parameters."""
+
+    def __init__(self, width=1.0):
+        super().__init__()
+        ch = lambda c: max(1, round(c * width))
+        c = ch(32)
+        self.stem = conv_bn(3, c, 3, 2)
+        blocks = []
+        for out, s in V1_BLOCKS:
+            blocks.append(nn.Sequential(conv_bn(c, c, 3, s, groups=c), conv_bn(c, ch(out), 1, 1)))
+            c = ch(out)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = self.blocks(self.stem(x))
+        return self.head(x.mean((2, 3))), None
 
 
 class MobileNetHdr(nn.Module):
@@ -83,7 +215,8 @@ class MobileNetHdr(nn.Module):
         return self.head(self.drop(x.mean((2, 3)))), aux
 
 
-MODELS = {"lenet5": LeNet5, "mobilenet_hdr": MobileNetHdr}
+MODELS = {"mlp3": Mlp3, "lenet5": LeNet5, "resnet": ResNet, "densenet": DenseNet,
+          "mobilenet": MobileNet, "mobilenet_hdr": MobileNetHdr}
 
 
 def timeit(fn, warmup=5, min_time=2.0, min_iters=10):

@@ -22,3 +22,9 @@ pub use hdr_models as models;
 pub use hdr_ops as ops;
 pub use hdr_train as train;
 pub use hdr_viz as viz;
+
+/// The README's library example, compiled (not run) as a doctest so that it cannot drift from
+/// the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -16,7 +16,11 @@
 //!   [`requantize`] are exposed for testing and reuse.
 //! - **Files**: [`QuantizedModel::save`] / [`QuantizedModel::load`]: safetensors with `I8`
 //!   weights, f32 scales, i32 biases and the op list in the metadata, about 4x smaller;
-//!   [`pretrained_int8`] loads the int8 version of every model `hdr_models::pretrained` ships.
+//!   [`pretrained_int8`] loads the int8 version of every model `hdr_models::pretrained` has;
+//!   as there, the files of `lenet5`, `lenet5_classic`, `resnet`, `densenet` and
+//!   `mobilenet_hdr` are embedded in the crate (feature `pretrained`, on by default), those of
+//!   `mlp1`-`mlp3`, `mobilenet` and `wide_resnet` are in the repository only (`weights/`, read
+//!   from a checkout or a git dependency).
 //! - **Pruning**: [`magnitude`] masks ([`Scope::LayerWise`], [`Scope::Global`] or the
 //!   layer-adaptive [`Scope::Lamp`]; [`magnitude_for`] leaves training-only heads out),
 //!   [`fine_tune`] keeping them, [`prune_iteratively`] (Han et al. 2015; geometric or Zhu &

@@ -22,7 +22,7 @@ fn shipped_int8_models_agree_with_their_f32_originals() -> anyhow::Result<()> {
             hdr_models::ModelError::UnknownModel { .. }
         ))
     ));
-    let Some(dir) = common::real_data_dir() else {
+    let Some(dir) = hdr_data::testing::real_data_dir() else {
         return Ok(());
     };
     let test = Mnist::from_dir(dir)?.test.head(2_000);

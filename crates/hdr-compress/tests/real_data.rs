@@ -9,7 +9,7 @@ use hdr_data::{BatchConfig, Mnist};
 use hdr_train::{fit, LrSchedule, TrainConfig};
 
 fn check(name: &str, train_n: usize, epochs: usize, lr: f64, min_agreement: f64) {
-    let Some(dir) = common::real_data_dir() else {
+    let Some(dir) = hdr_data::testing::real_data_dir() else {
         return;
     };
     let mnist = Mnist::from_dir(dir).unwrap();

@@ -426,7 +426,7 @@ proptest! {
 
 #[test]
 fn structured_pretrained_lenet5_recovers_on_mnist_after_a_short_fine_tune() {
-    let Some(dir) = common::real_data_dir() else {
+    let Some(dir) = hdr_data::testing::real_data_dir() else {
         return;
     };
     let mnist = hdr_data::Mnist::from_dir(dir).unwrap();

@@ -39,6 +39,7 @@ mod mnist;
 pub mod preprocess;
 pub mod rng;
 pub mod segment;
+pub mod testing;
 
 pub use augment::{AffineWarp, Augment, Compose, ElasticDistortion, RandomAffine};
 pub use batch::{

@@ -83,6 +83,26 @@ pub struct MnistOptions {
     pub progress: bool,
 }
 
+impl MnistOptions {
+    /// Options that only look in local folders: `dir` if given, `HDR_DATA_DIR`, then
+    /// `project_dir`; never download.
+    pub fn local(dir: Option<PathBuf>, project_dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            project_dir,
+            download: false,
+            ..Self::default()
+        }
+    }
+
+    /// The folder holding the four MNIST files, in the order these options give (downloading
+    /// first if they allow it and no folder has them), without reading the files. The error
+    /// names every place looked at.
+    pub fn locate(&self) -> Result<PathBuf> {
+        locate(self)
+    }
+}
+
 impl Default for MnistOptions {
     fn default() -> Self {
         Self {
@@ -339,6 +359,26 @@ mod tests {
         let why = files_in(dir.path()).unwrap_err();
         assert!(why.contains("t10k-labels-idx1-ubyte"), "{why}");
         assert!(!why.contains("train-images"), "{why}");
+        Ok(())
+    }
+
+    #[test]
+    fn locate_takes_the_first_folder_with_all_four_files() -> anyhow::Result<()> {
+        let (full, partial) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        for f in &MNIST_FILES {
+            // Only presence counts here: `locate` does not read the files.
+            std::fs::write(full.path().join(format!("{}.gz", f.name)), b"x")?;
+        }
+        std::fs::write(partial.path().join("train-images-idx3-ubyte"), b"x")?;
+        let unset = Some("HDR_TEST_UNSET_VARIABLE_FOR_MNIST".to_string());
+        let opts = |dir: &Path, project: &Path| MnistOptions {
+            env_var: unset.clone(),
+            ..MnistOptions::local(Some(dir.into()), Some(project.into()))
+        };
+        assert_eq!(opts(partial.path(), full.path()).locate()?, full.path());
+        assert_eq!(opts(full.path(), partial.path()).locate()?, full.path());
+        let err = opts(partial.path(), partial.path()).locate().unwrap_err();
+        assert!(err.to_string().contains("disabled"), "{err}");
         Ok(())
     }
 

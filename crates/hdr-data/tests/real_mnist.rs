@@ -1,8 +1,9 @@
-//! Real MNIST from `HDR_DATA_DIR` (set by `.ci/run`). Under `CI=true` a missing folder fails.
+//! Real MNIST from `HDR_DATA_DIR` (set by `.ci/run`) or the workspace's `datasets/mnist/`. Under
+//! `CI=true` a missing folder fails.
 
 mod common;
 
-use common::real_data_dir;
+use hdr_data::testing::real_data_dir;
 use hdr_data::{BatchConfig, Mnist, MnistOptions, SplitConfig, MNIST_FILES};
 
 /// Training label counts 0..9 (LeCun et al.; also torchvision's `targets.bincount()`).
@@ -28,12 +29,15 @@ fn counts_histograms_and_pixels_are_mnists() -> anyhow::Result<()> {
 }
 
 #[test]
-fn default_search_finds_hdr_data_dir() -> anyhow::Result<()> {
+fn default_search_finds_the_local_copy() -> anyhow::Result<()> {
     let Some(dir) = real_data_dir() else {
         return Ok(());
     };
+    // `HDR_DATA_DIR` when it is set (and then no project folder is needed), else the
+    // workspace's `datasets/mnist/` as the project folder.
+    let env_set = std::env::var_os(hdr_data::DATA_DIR_ENV).is_some_and(|v| !v.is_empty());
     let opts = MnistOptions {
-        project_dir: None,
+        project_dir: (!env_set).then(|| dir.clone()),
         download: false,
         ..MnistOptions::default()
     };

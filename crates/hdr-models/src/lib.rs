@@ -9,7 +9,10 @@
 //! - A registry by name ([`list`], [`create`], [`config`]) like timm's `create_model`.
 //! - [`Summary`]: per-layer output shapes, parameters and multiply-accumulates.
 //! - [`save`] and [`load`]: safetensors files that carry the model's name and configuration;
-//!   [`pretrained`]: weights trained by this project, shipped in the crate.
+//!   [`pretrained`]: weights trained by this project; those of `lenet5`, `lenet5_classic`,
+//!   `resnet`, `densenet` and `mobilenet_hdr` are embedded in the crate (feature `pretrained`,
+//!   on by default), those of `mlp1`-`mlp3`, `mobilenet` and `wide_resnet` are in the
+//!   repository only (`weights/`, read from a checkout or a git dependency).
 //! - [`Graph`]: each model's evaluation-mode computation as data, for compression and export.
 //! - [`init`]: seeded initialisation and dropout, so that training runs are reproducible.
 //!

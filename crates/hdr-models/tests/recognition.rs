@@ -1,7 +1,8 @@
 //! Recognising real images with the shipped LeNet-5: MNIST test digits re-rendered at other
 //! sizes, polarities and margins, and multi-digit strips composed from test digits with random
 //! spacing, read through `hdr-data`'s preprocessing and segmentation. Real data from
-//! `HDR_DATA_DIR`; fails (does not skip) under CI=true when it is missing.
+//! `HDR_DATA_DIR` or the workspace's `datasets/mnist/`; fails (does not skip) under CI=true when
+//! it is missing.
 
 use candle_core::Device;
 use hdr_data::preprocess::{preprocess, PreprocessConfig};
@@ -10,18 +11,10 @@ use hdr_data::{Mnist, Rng};
 use image::{imageops::FilterType, DynamicImage, GrayImage};
 
 fn mnist() -> Option<Mnist> {
-    let dir = std::env::var_os("HDR_DATA_DIR").map(std::path::PathBuf::from);
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    match dir.as_deref().map(Mnist::from_dir) {
-        Some(Ok(m)) => Some(m),
-        other => {
-            assert!(
-                !ci,
-                "CI=true but MNIST could not be loaded from HDR_DATA_DIR: {other:?}"
-            );
-            eprintln!("note: HDR_DATA_DIR does not hold MNIST; recognition test not run");
-            None
-        }
+    let dir = hdr_data::testing::real_data_dir()?;
+    match Mnist::from_dir(&dir) {
+        Ok(m) => Some(m),
+        Err(e) => panic!("MNIST in {} could not be loaded: {e}", dir.display()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Training end to end: resumption, determinism, early stopping, distillation, non-finite losses
-//! (on small synthetic data), and a short real-MNIST run (from `HDR_DATA_DIR`).
+//! (on small synthetic data), and a short real-MNIST run (from `HDR_DATA_DIR` or the workspace's
+//! `datasets/mnist/`).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -333,19 +334,10 @@ fn distillation_from_cached_teacher_logits() -> anyhow::Result<()> {
 /// modest bar. Fails (does not skip) under CI=true when MNIST is missing.
 #[test]
 fn short_real_mnist_training_learns() -> anyhow::Result<()> {
-    let dir = std::env::var_os("HDR_DATA_DIR").map(std::path::PathBuf::from);
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let mnist = match dir.as_deref().map(Mnist::from_dir) {
-        Some(Ok(m)) => m,
-        other => {
-            assert!(
-                !ci,
-                "CI=true but MNIST could not be loaded from HDR_DATA_DIR: {other:?}"
-            );
-            eprintln!("note: HDR_DATA_DIR does not hold MNIST; real-data training test not run");
-            return Ok(());
-        }
+    let Some(dir) = hdr_data::testing::real_data_dir() else {
+        return Ok(());
     };
+    let mnist = Mnist::from_dir(dir)?;
     let (train, val) = mnist.train.split(&SplitConfig {
         validation: 1000,
         seed: 0,
@@ -381,14 +373,11 @@ fn short_real_mnist_training_learns() -> anyhow::Result<()> {
 /// same 5k validation images inside it. Fails (does not skip) under CI=true when MNIST is missing.
 #[test]
 fn study_data_holds_out_validation_unless_refitting() -> anyhow::Result<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if std::env::var_os("HDR_DATA_DIR").is_none() {
-        assert!(!ci, "CI=true but HDR_DATA_DIR is not set");
-        eprintln!("note: HDR_DATA_DIR not set; study split test not run");
+    let Some(dir) = hdr_data::testing::real_data_dir() else {
         return Ok(());
-    }
-    let held = hdr_train::StudyData::load(None, None)?;
-    let refit = hdr_train::StudyData::load_with_validation_in_training(None)?;
+    };
+    let held = hdr_train::StudyData::load(Some(dir.clone()), None)?;
+    let refit = hdr_train::StudyData::load_with_validation_in_training(Some(dir))?;
     assert_eq!((held.train.len(), held.val.len()), (55_000, 5_000));
     assert_eq!((refit.train.len(), refit.val.len()), (60_000, 5_000));
     assert_eq!(held.val.images(), refit.val.images());

@@ -1,32 +1,9 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use hdr_models::Classifier;
-
-/// The MNIST folder from `HDR_DATA_DIR`, or `None` (with a note) when it is not there locally.
-///
-/// Under CI (`CI=true`) a missing folder is a failure, never a silent skip.
-pub fn real_data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HDR_DATA_DIR").map(PathBuf::from);
-    let ok = dir.as_ref().is_some_and(|d| {
-        d.join("train-images-idx3-ubyte.gz").is_file()
-            || d.join("train-images-idx3-ubyte").is_file()
-    });
-    if ok {
-        return dir;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "CI=true but MNIST is not in HDR_DATA_DIR ({dir:?}): real-data tests must run in CI"
-    );
-    eprintln!("note: HDR_DATA_DIR does not hold MNIST; real-data test not run");
-    None
-}
 
 /// A registered model with seeded initial weights, scaled to He-uniform (x sqrt 6).
 ///

@@ -1,35 +1,13 @@
-//! Shared test helpers: the real-data folder, and a tiny HTTP server on 127.0.0.1.
+//! Shared test helper: a tiny HTTP server on 127.0.0.1.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// The MNIST folder from `HDR_DATA_DIR`, or `None` (with a note) when it is not there locally.
-///
-/// Under CI (`CI=true`) a missing folder is a failure, never a silent skip.
-pub fn real_data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("HDR_DATA_DIR").map(PathBuf::from);
-    let ok = dir.as_ref().is_some_and(|d| {
-        d.join("train-images-idx3-ubyte.gz").is_file()
-            || d.join("train-images-idx3-ubyte").is_file()
-    });
-    if ok {
-        return dir;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "CI=true but MNIST is not in HDR_DATA_DIR ({dir:?}): real-data tests must run in CI"
-    );
-    eprintln!("note: HDR_DATA_DIR does not hold MNIST; real-data test not run");
-    None
-}
 
 /// What the server answers for one path.
 #[derive(Clone)]
