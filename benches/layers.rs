@@ -1,5 +1,5 @@
 //! Forward + backward of each convolution, depthwise, pooling and batch-norm layer of `lenet5`
-//! and `mobilenet_hdr` at batch 64, with the shapes listed in `benches/peers/layers.json` (the
+//! and `mobilenet_hdr`, and of the convolutions of `resnet` and `densenet`, at batch 64, with the shapes listed in `benches/peers/layers.json` (the
 //! PyTorch reference, `benches/peers/torch_bench.py`, times the same list).
 //!
 //! Ids: `layer/<model>/<layer>/b64`. `cargo bench --bench layers`

@@ -7,7 +7,7 @@ Measures, with 2 threads on the CPU:
 
 Run (torch in a virtualenv outside the repo; not part of CI):
   python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch numpy
-  /tmp/torch/bin/python benches/peers/torch_bench.py [--json out.json]
+  /tmp/torch/bin/python benches/peers/torch_bench.py [--json out.json] [--models a,b] [--train-only]
 """
 import argparse
 import json
@@ -287,16 +287,30 @@ def layer(spec, batch=64):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help="comma-separated models (default: all of " + ", ".join(MODELS) + ")")
+    ap.add_argument("--train-only", action="store_true",
+                    help="only the training steps (no inference, no layers)")
+    ap.add_argument("--layers", metavar="SUBSTRING",
+                    help="only the layers whose id contains SUBSTRING (no models)")
     args = ap.parse_args()
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     spec = json.load(open(os.path.join(HERE, "layers.json")))
     results = {}
-    for name in MODELS:
+    for name in [] if args.layers else names:
         t = train_step(name)
         results[f"train_step/{name}/b64"] = {"seconds": t, "images_per_second": 64 / t}
+        if args.train_only:
+            continue
         for b in (1, 64, 256):
             t = inference(name, b)
             results[f"inference/{name}/f32/b{b}"] = {"seconds": t, "images_per_second": b / t}
-    for s in spec["layers"]:
+    for s in [] if args.train_only else spec["layers"]:
+        if args.layers and args.layers not in s["id"]:
+            continue
         t = layer(s)
         results[f"layer/{s['id']}/b64"] = {"seconds": t}
     width = max(len(k) for k in results)
