@@ -13,7 +13,8 @@
 //!   three);
 //! - [`max_pool2d`], [`avg_pool2d`] for any kernel/stride/padding, and [`global_avg_pool2d`];
 //! - [`batch_norm2d`]: training-mode batch norm (+ optional ReLU) as one fused op, and
-//!   [`channel_affine2d`], the per-channel scale + shift (+ ReLU) of evaluation-mode batch norm.
+//!   [`channel_affine2d`], the per-channel scale + shift (+ ReLU) of evaluation-mode batch norm;
+//! - [`add_relu`]: the end of a residual block, `relu(a + b)`, as one op.
 //!
 //! Three process-wide costs of stock candle are handled here rather than left to users: the
 //! thread count is computed once (candle's matmul re-reads it on every call); on Linux/glibc
@@ -60,6 +61,7 @@ mod direct;
 mod error;
 mod linear;
 mod pool;
+mod residual;
 mod util;
 
 pub use batch_norm::{batch_norm2d, channel_affine2d, BatchNormOutput, BatchStats};
@@ -68,6 +70,7 @@ pub use conv_bn::{conv_bn2d, conv_bn_chain2d, ChainOutput, ConvBnStage};
 pub use error::{OpsError, Result};
 pub use linear::linear;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
+pub use residual::add_relu;
 pub use util::{
     in_pool, in_pool_for, setup, single_allocator_arena, tune_allocator, IN_POOL_MIN_MACS,
 };

@@ -164,7 +164,7 @@ impl BasicBlock {
             Some(s) => s.forward_t(x, train)?,
             None => x.clone(),
         };
-        Ok((y + s)?.relu()?)
+        Ok(hdr_ops::add_relu(&y, &s)?)
     }
 }
 
