@@ -58,16 +58,6 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 struct AddRelu;
 
-/// `f(out_chunk, index of its first element)` over `out`, in parallel for large outputs.
-fn for_chunks(out: &mut [f32], f: impl Fn(&mut [f32], usize) + Sync + Send) {
-    if out.len() < SERIAL_BELOW {
-        return f(out, 0);
-    }
-    out.par_chunks_mut(SERIAL_BELOW)
-        .enumerate()
-        .for_each(|(i, o)| f(o, i * SERIAL_BELOW));
-}
-
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "hdr-add-relu"
@@ -84,12 +74,17 @@ impl CustomOp2 for AddRelu {
         if a.len() != b.len() {
             bail!("{}: inputs of different sizes", self.name())
         }
-        let mut y = vec![0f32; a.len()];
-        for_chunks(&mut y, |y, at| {
-            for ((v, &p), &q) in y.iter_mut().zip(&a[at..]).zip(&b[at..]) {
-                *v = (p + q).max(0.0);
-            }
-        });
+        // Collected straight from the iterators: no zero-filled buffer to overwrite.
+        let f = |(&p, &q): (&f32, &f32)| (p + q).max(0.0);
+        let y: Vec<f32> = if a.len() < SERIAL_BELOW {
+            a.iter().zip(b).map(f).collect()
+        } else {
+            a.par_iter()
+                .zip(b)
+                .with_min_len(SERIAL_BELOW)
+                .map(f)
+                .collect()
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -107,13 +102,18 @@ impl CustomOp2 for AddRelu {
         if ad.len() != gd.len() || bd.len() != gd.len() {
             bail!("{}: gradient does not match the output shape", self.name())
         }
-        let mut dg = vec![0f32; gd.len()];
-        for_chunks(&mut dg, |d, at| {
-            for (((v, &g), &p), &q) in d.iter_mut().zip(&gd[at..]).zip(&ad[at..]).zip(&bd[at..]) {
-                // Candle's ReLU backward: the gradient times the f32 mask of `a + b >= 0`.
-                *v = g * if p + q >= 0.0 { 1.0 } else { 0.0 };
-            }
-        });
+        // Candle's ReLU backward: the gradient times the f32 mask of `a + b >= 0`.
+        let f = |((&g, &p), &q): ((&f32, &f32), &f32)| g * if p + q >= 0.0 { 1.0 } else { 0.0 };
+        let dg: Vec<f32> = if gd.len() < SERIAL_BELOW {
+            gd.iter().zip(ad).zip(bd).map(f).collect()
+        } else {
+            gd.par_iter()
+                .zip(ad)
+                .zip(bd)
+                .with_min_len(SERIAL_BELOW)
+                .map(f)
+                .collect()
+        };
         let dg = tensor_from(dg, a.dims())?;
         Ok((a.track_op().then(|| dg.clone()), b.track_op().then_some(dg)))
     }
