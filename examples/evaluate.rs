@@ -1,13 +1,17 @@
 //! Evaluates a saved or pretrained model on the MNIST test split (or any IDX image/label pair): the
 //! classification report, confusion matrix, latency and memory.
 //!
-//! `cargo run --release --example evaluate -- <model.safetensors | pretrained-name> [--json] [--images F --labels F]`
+//! `cargo run --release --example evaluate -- <model.safetensors | pretrained-name> [--json] [--images F --labels F] [--against <model>]`
+//!
+//! With `--against`, a second model is evaluated on the same samples and McNemar's exact test
+//! says whether the two really differ.
 
 use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::data::{idx, Mnist, MnistOptions, Normalize};
+use hdr::data::{idx, Dataset, Mnist, MnistOptions, Normalize};
+use hdr::metrics::{ClassificationReport, Evaluator, McNemar};
 
 #[derive(Parser)]
 #[command(about = "Evaluate a saved model on MNIST's test split or an IDX pair")]
@@ -27,6 +31,10 @@ struct Args {
     /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// A second model (file or pretrained name) to compare with on the same samples: its report,
+    /// then McNemar's exact test of the two.
+    #[arg(long)]
+    against: Option<String>,
     /// Batch size of the latency measurement.
     #[arg(long, default_value_t = 1)]
     latency_batch: usize,
@@ -37,7 +45,6 @@ fn main() -> anyhow::Result<()> {
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
     hdr::ops::single_allocator_arena();
     let device = Device::Cpu;
-    let loaded = hdr::models::load_or_pretrained(&a.model, &device)?;
     let (data, split) = match (&a.images, &a.labels) {
         (Some(i), Some(l)) => (idx::read_dataset(i, l)?, i.display().to_string()),
         _ => {
@@ -48,26 +55,60 @@ fn main() -> anyhow::Result<()> {
             (mnist.test, "test".to_string())
         }
     };
-    let (report, _) = hdr::train::evaluate(
+    let (report, eval) = evaluate(&a, &a.model, &data, &split, &device)?;
+    let Some(other) = &a.against else {
+        if a.json {
+            println!("{}", report.to_json()?);
+        } else {
+            println!("{}", report.render_text());
+        }
+        return Ok(());
+    };
+    let (other_report, other_eval) = evaluate(&a, other, &data, &split, &device)?;
+    let test = McNemar::from_misclassified(
+        report.num_samples,
+        &eval.misclassified_indices(),
+        &other_eval.misclassified_indices(),
+    )?;
+    if a.json {
+        let out = serde_json::json!({
+            "a": serde_json::from_str::<serde_json::Value>(&report.to_json()?)?,
+            "b": serde_json::from_str::<serde_json::Value>(&other_report.to_json()?)?,
+            "mcnemar": test,
+        });
+        println!("{out}");
+    } else {
+        println!("{}", report.render_text());
+        println!("{}", other_report.render_text());
+        // The arguments, not the architectures: two runs of one model are the usual question.
+        println!("{}", test.render_text(&a.model, other));
+    }
+    Ok(())
+}
+
+/// The report (with latency and memory) of the model file or pretrained name `model` on `data`.
+fn evaluate(
+    a: &Args,
+    model: &str,
+    data: &Dataset,
+    split: &str,
+    device: &Device,
+) -> anyhow::Result<(ClassificationReport, Evaluator)> {
+    let loaded = hdr::models::load_or_pretrained(model, device)?;
+    let (report, eval) = hdr::train::evaluate(
         loaded.model.as_ref(),
-        &data,
+        data,
         &loaded.name,
-        &split,
+        split,
         Normalize::UnitRange,
-        &device,
+        device,
     )?;
     let eff = hdr::train::measure_efficiency(
         loaded.model.as_ref(),
         a.latency_batch,
         50,
-        Some(std::path::Path::new(&a.model)).filter(|p| p.is_file()),
-        &device,
+        Some(std::path::Path::new(model)).filter(|p| p.is_file()),
+        device,
     )?;
-    let report = report.with_efficiency(eff);
-    if a.json {
-        println!("{}", report.to_json()?);
-    } else {
-        println!("{}", report.render_text());
-    }
-    Ok(())
+    Ok((report.with_efficiency(eff), eval))
 }

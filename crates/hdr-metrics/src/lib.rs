@@ -18,6 +18,9 @@
 //!   [`Efficiency`].
 //! - [`ComparisonTable`]: several reports side by side, as a results table;
 //!   [`splice_section`] puts a generated table into a hand-written Markdown page.
+//! - Significance: [`wilson_interval`] (how far a test-set accuracy can be from the model's
+//!   true one) and [`McNemar`]'s exact test (whether two models evaluated on the same samples
+//!   really differ).
 //!
 //! ```
 //! use hdr_metrics::{Evaluator, EvaluatorConfig, MetricsConfig};
@@ -49,6 +52,7 @@ mod label;
 mod markdown;
 mod metrics;
 mod report;
+mod significance;
 mod topk;
 
 pub use compare::{ComparisonRow, ComparisonTable};
@@ -67,4 +71,5 @@ pub use metrics::{
     ZeroDivision,
 };
 pub use report::{ClassificationReport, RenderOptions};
+pub use significance::{wilson_interval, Interval, McNemar};
 pub use topk::{argmax_rows, top_k_accuracy, TopKAccuracy};

@@ -7,6 +7,7 @@ use crate::format::{format_bytes, format_count, format_duration, format_percent,
 use crate::metrics::{
     Average, AverageMetrics, ClassMetrics, ClassSelection, MetricsConfig, ZeroDivision,
 };
+use crate::significance::{wilson_interval, Interval};
 use crate::topk::TopKAccuracy;
 
 /// How a report is rendered as text or Markdown.
@@ -160,6 +161,17 @@ impl ClassificationReport {
         Ok(serde_json::from_str(json)?)
     }
 
+    /// The Wilson interval at level `confidence` of the accuracy: where the model's accuracy on
+    /// the population the split was drawn from lies, given this finite sample
+    /// ([`wilson_interval`](crate::wilson_interval)).
+    pub fn accuracy_interval(&self, confidence: f64) -> Result<Interval> {
+        wilson_interval(
+            self.confusion_matrix.correct(),
+            self.confusion_matrix.total(),
+            confidence,
+        )
+    }
+
     /// The text report with [`RenderOptions::default`].
     pub fn render_text(&self) -> String {
         self.render_text_with(&RenderOptions::default())
@@ -176,8 +188,16 @@ impl ClassificationReport {
             format_count(self.num_samples)
         );
         out.push_str(&self.sklearn_table(options.digits));
+        out.push('\n');
+        if let Ok(i) = self.accuracy_interval(0.95) {
+            out.push_str(&format!(
+                "accuracy {}, 95% interval {}-{} (Wilson)\n",
+                format_percent(self.accuracy),
+                format_percent(i.low),
+                format_percent(i.high)
+            ));
+        }
         if !self.top_k.is_empty() {
-            out.push('\n');
             for t in &self.top_k {
                 out.push_str(&format!(
                     "top-{} accuracy: {}\n",
@@ -415,7 +435,11 @@ weighted avg       0.48      0.57      0.51         7
             most_confused: 0,
         };
         let text = report().render_text_with(&opts);
-        assert_eq!(text, format!("mlp on test (7 samples)\n\n{expected}"));
+        let interval = "accuracy 57.14%, 95% interval 25.05%-84.18% (Wilson)\n";
+        assert_eq!(
+            text,
+            format!("mlp on test (7 samples)\n\n{expected}\n{interval}")
+        );
     }
 
     #[test]
@@ -439,6 +463,11 @@ weighted avg       0.48      0.57      0.51         7
             .unwrap();
         let text = r.render_text();
         assert!(text.contains("top-2 accuracy: 85.71%\n"), "{text}");
+        // Wilson's formula in Python: 4 of 7 -> (0.250458, 0.841780).
+        assert!(
+            text.contains("accuracy 57.14%, 95% interval 25.05%-84.18% (Wilson)\n"),
+            "{text}"
+        );
         assert!(text.contains("parameters: 235,146, file size: 918.54 KiB\n"));
         assert!(text.contains("latency on cpu (batch 4, 1 runs): median 2.000 ms"));
         assert!(text.contains("throughput: 2,000 images/s\n"));

@@ -1,8 +1,8 @@
 //! Properties that must hold for any input.
 
 use hdr_metrics::{
-    top_k_accuracy, ClassSelection, ClassificationReport, ConfusionMatrix, Evaluator,
-    EvaluatorConfig, Metrics, MetricsConfig, MetricsError, ZeroDivision,
+    top_k_accuracy, wilson_interval, ClassSelection, ClassificationReport, ConfusionMatrix,
+    Evaluator, EvaluatorConfig, McNemar, Metrics, MetricsConfig, MetricsError, ZeroDivision,
 };
 use proptest::prelude::*;
 
@@ -191,5 +191,47 @@ proptest! {
         let r = ClassificationReport::new("model", "split", &m, &MetricsConfig::default()).unwrap();
         let back = ClassificationReport::from_json(&r.to_json().unwrap()).unwrap();
         prop_assert_eq!(back, r);
+    }
+}
+
+proptest! {
+    #[test]
+    fn wilson_holds_the_observed_rate_and_narrows_with_more_trials(
+        trials in 1u64..100_000,
+        frac in 0.0f64..=1.0,
+        confidence in 0.5f64..0.999,
+    ) {
+        let successes = ((trials as f64) * frac).round() as u64;
+        let p = successes as f64 / trials as f64;
+        let i = wilson_interval(successes, trials, confidence).unwrap();
+        prop_assert!(0.0 <= i.low && i.high <= 1.0, "{:?}", i);
+        prop_assert!(i.contains(p), "{:?} misses {}", i, p);
+        // The same rate on four times the trials is known at least as precisely.
+        let wider = wilson_interval(4 * successes, 4 * trials, confidence).unwrap();
+        prop_assert!(wider.width() <= i.width() + 1e-12, "{:?} vs {:?}", wider, i);
+        // A higher level asks for a wider interval.
+        let more = wilson_interval(successes, trials, (confidence + 1.0) / 2.0).unwrap();
+        prop_assert!(more.low <= i.low + 1e-12 && more.high >= i.high - 1e-12);
+    }
+
+    #[test]
+    fn mcnemar_is_symmetric_and_a_probability(
+        a in prop::collection::vec(any::<bool>(), 1..400),
+        flips in prop::collection::vec(any::<bool>(), 1..400),
+    ) {
+        let b: Vec<bool> = a.iter().zip(flips.iter().cycle()).map(|(&x, &f)| x ^ f).collect();
+        let ab = McNemar::from_correctness(&a, &b).unwrap();
+        let ba = McNemar::from_correctness(&b, &a).unwrap();
+        prop_assert_eq!((ab.only_a_wrong, ab.only_b_wrong), (ba.only_b_wrong, ba.only_a_wrong));
+        prop_assert_eq!(ab.both_wrong, ba.both_wrong);
+        prop_assert!((ab.p_value - ba.p_value).abs() < 1e-12);
+        prop_assert!(ab.p_value > 0.0 && ab.p_value <= 1.0);
+        let wrong = |c: &[bool]| c.iter().filter(|&&ok| !ok).count() as u64;
+        prop_assert_eq!(ab.both_wrong + ab.only_a_wrong, wrong(&a));
+        prop_assert_eq!(ab.both_wrong + ab.only_b_wrong, wrong(&b));
+        let acc = |c: &[bool]| 1.0 - wrong(c) as f64 / c.len() as f64;
+        prop_assert!((ab.accuracy_difference() - (acc(&a) - acc(&b))).abs() < 1e-12);
+        // A model against itself: no disagreement, no evidence.
+        prop_assert_eq!(McNemar::from_correctness(&a, &a).unwrap().p_value, 1.0);
     }
 }

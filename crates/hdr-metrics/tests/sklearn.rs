@@ -195,6 +195,11 @@ fn text_report_is_sklearn_classification_report() {
                     .split_once("\n\n")
                     .map(|(_title, body)| body)
                     .expect("title line, blank line, table");
+                // The accuracy's interval follows the table (sklearn has none).
+                let (body, interval) = body
+                    .rsplit_once("\naccuracy ")
+                    .expect("the accuracy's interval after the table");
+                assert!(interval.contains("95% interval"), "{interval}");
                 assert_eq!(
                     body,
                     integer_support(expected),
