@@ -1,24 +1,28 @@
-//! Evaluates a saved or pretrained model on the MNIST test split (or any IDX image/label pair): the
-//! classification report, confusion matrix, latency and memory.
+//! Evaluates saved or pretrained models on the MNIST test split (or any IDX image/label pair):
+//! the classification report (with the accuracy's 95% interval), confusion matrix, latency and
+//! memory.
 //!
-//! `cargo run --release --example evaluate -- <model.safetensors | pretrained-name> [--json] [--images F --labels F] [--against <model>]`
+//! `cargo run --release --example evaluate -- <model.safetensors | pretrained-name>... [--json] [--images F --labels F] [--chart F.png]`
 //!
-//! With `--against`, a second model is evaluated on the same samples and McNemar's exact test
-//! says whether the two really differ.
+//! With two or more models, McNemar's exact test then says whether each model after the first
+//! really differs from the first on these samples, and `--chart` draws every model's accuracy
+//! with its 95% interval.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::Parser;
 use hdr::data::{idx, Dataset, Mnist, MnistOptions, Normalize};
 use hdr::metrics::{ClassificationReport, Evaluator, McNemar};
+use hdr::viz::Estimate;
 
 #[derive(Parser)]
-#[command(about = "Evaluate a saved model on MNIST's test split or an IDX pair")]
+#[command(about = "Evaluate saved models on MNIST's test split or an IDX pair")]
 struct Args {
-    /// A model file written by `hdr_models::save` (the examples' --out), or the name of a
-    /// pretrained model (`lenet5`, `mobilenet_hdr`, ...).
-    model: String,
+    /// Model files written by `hdr_models::save` (the examples' --out), or names of pretrained
+    /// models (`lenet5`, `mobilenet_hdr`, ...). Each after the first is tested against the first.
+    #[arg(required = true)]
+    models: Vec<String>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
@@ -31,10 +35,12 @@ struct Args {
     /// MNIST folder (else HDR_DATA_DIR, datasets/mnist, download).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// A second model (file or pretrained name) to compare with on the same samples: its report,
-    /// then McNemar's exact test of the two.
+    /// Write a PNG of every model's accuracy with its 95% interval.
     #[arg(long)]
-    against: Option<String>,
+    chart: Option<PathBuf>,
+    /// A dashed line on the chart at this accuracy in percent (e.g. the paper's 98.8).
+    #[arg(long, requires = "chart")]
+    reference: Option<f64>,
     /// Batch size of the latency measurement.
     #[arg(long, default_value_t = 1)]
     latency_batch: usize,
@@ -55,33 +61,64 @@ fn main() -> anyhow::Result<()> {
             (mnist.test, "test".to_string())
         }
     };
-    let (report, eval) = evaluate(&a, &a.model, &data, &split, &device)?;
-    let Some(other) = &a.against else {
-        if a.json {
-            println!("{}", report.to_json()?);
+    let mut runs = Vec::new();
+    for model in &a.models {
+        runs.push(evaluate(&a, model, &data, &split, &device)?);
+    }
+    let labels = hdr::models::short_labels(&a.models);
+    let (first, first_eval) = &runs[0];
+    let mut tests = Vec::new();
+    for (m, (_, eval)) in labels.iter().zip(&runs).skip(1) {
+        let t = McNemar::from_misclassified(
+            first.num_samples,
+            &first_eval.misclassified_indices(),
+            &eval.misclassified_indices(),
+        )?;
+        tests.push((m, t));
+    }
+    if let Some(path) = &a.chart {
+        let mut rows = Vec::new();
+        for (label, (report, _)) in labels.iter().zip(&runs) {
+            let i = report.accuracy_interval(0.95)?;
+            rows.push(Estimate {
+                label: label.clone(),
+                value: 100.0 * report.accuracy,
+                low: 100.0 * i.low,
+                high: 100.0 * i.high,
+            });
+        }
+        let title = format!("{split} accuracy (%), 95% intervals");
+        hdr::viz::interval_chart(&rows, &title, a.reference)?.save_png(path)?;
+    }
+    if a.json {
+        if runs.len() == 1 {
+            println!("{}", first.to_json()?);
         } else {
+            let mut reports = Vec::new();
+            for (report, _) in &runs {
+                reports.push(serde_json::from_str::<serde_json::Value>(
+                    &report.to_json()?,
+                )?);
+            }
+            let mcnemar: Vec<_> = tests
+                .iter()
+                .map(|(m, t)| serde_json::json!({"a": labels[0], "b": m, "test": t}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"reports": reports, "mcnemar": mcnemar})
+            );
+        }
+    } else {
+        for (report, _) in &runs {
             println!("{}", report.render_text());
         }
-        return Ok(());
-    };
-    let (other_report, other_eval) = evaluate(&a, other, &data, &split, &device)?;
-    let test = McNemar::from_misclassified(
-        report.num_samples,
-        &eval.misclassified_indices(),
-        &other_eval.misclassified_indices(),
-    )?;
-    if a.json {
-        let out = serde_json::json!({
-            "a": serde_json::from_str::<serde_json::Value>(&report.to_json()?)?,
-            "b": serde_json::from_str::<serde_json::Value>(&other_report.to_json()?)?,
-            "mcnemar": test,
-        });
-        println!("{out}");
-    } else {
-        println!("{}", report.render_text());
-        println!("{}", other_report.render_text());
-        // The arguments, not the architectures: two runs of one model are the usual question.
-        println!("{}", test.render_text(&a.model, other));
+        for (m, t) in &tests {
+            println!("{}", t.render_text(&labels[0], m));
+        }
+        if let Some(path) = &a.chart {
+            println!("chart: {}", path.display());
+        }
     }
     Ok(())
 }
@@ -107,7 +144,7 @@ fn evaluate(
         loaded.model.as_ref(),
         a.latency_batch,
         50,
-        Some(std::path::Path::new(model)).filter(|p| p.is_file()),
+        Some(Path::new(model)).filter(|p| p.is_file()),
         device,
     )?;
     Ok((report.with_efficiency(eff), eval))

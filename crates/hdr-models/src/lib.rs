@@ -78,7 +78,7 @@ pub use models::mobilenet_hdr::{
 };
 pub use models::resnet::{ResNet, ResNetConfig, Stage};
 pub use predict::{predict, Prediction};
-pub use pretrained::{load_or_pretrained, pretrained, pretrained_names};
+pub use pretrained::{load_or_pretrained, pretrained, pretrained_names, short_labels};
 pub use registry::{config, create, list, models, ModelConfig, ModelInfo};
 pub use summary::{LayerSummary, Summary};
 

@@ -109,3 +109,50 @@ pub fn load_or_pretrained(spec: &str, device: &Device) -> Result<LoadedModel> {
         pretrained(spec, device)
     }
 }
+
+/// Short names for models given as [`load_or_pretrained`] specs, for tables and charts: each
+/// file's stem (`runs/study/resnet.safetensors` -> `resnet`) when those are all distinct, else
+/// the specs themselves without the `.safetensors` extension (two runs of one architecture,
+/// `runs/a/resnet.safetensors` and `runs/b/resnet.safetensors`, keep their folders).
+pub fn short_labels<S: AsRef<str>>(specs: &[S]) -> Vec<String> {
+    let trimmed: Vec<&str> = specs
+        .iter()
+        .map(|s| s.as_ref().trim_end_matches(".safetensors"))
+        .collect();
+    let stems: Vec<&str> = trimmed
+        .iter()
+        .map(|s| s.rsplit(['/', '\\']).next().unwrap_or(s))
+        .collect();
+    let distinct = stems
+        .iter()
+        .enumerate()
+        .all(|(i, s)| !stems[..i].contains(s));
+    let chosen = if distinct { stems } else { trimmed };
+    chosen.into_iter().map(String::from).collect()
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::short_labels;
+
+    #[test]
+    fn stems_when_distinct_else_the_paths() {
+        assert_eq!(
+            short_labels(&[
+                "runs/s/resnet.safetensors",
+                "lenet5",
+                "runs/s/mlp1.safetensors"
+            ]),
+            ["resnet", "lenet5", "mlp1"]
+        );
+        assert_eq!(
+            short_labels(&["runs/a/resnet.safetensors", "runs/b/resnet.safetensors"]),
+            ["runs/a/resnet", "runs/b/resnet"]
+        );
+        assert_eq!(
+            short_labels(&["resnet", "x/resnet.safetensors"]),
+            ["resnet", "x/resnet"]
+        );
+        assert!(short_labels::<&str>(&[]).is_empty());
+    }
+}

@@ -332,6 +332,94 @@ fn format_tick(v: f64, span: f64) -> String {
     }
 }
 
+/// One estimate with its interval, for [`interval_chart`] (e.g. a model's test accuracy and
+/// its 95% interval, from `hdr_metrics::ClassificationReport::accuracy_interval`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Row label, e.g. the model's name.
+    pub label: String,
+    /// The measured value.
+    pub value: f64,
+    /// Lower end of its interval.
+    pub low: f64,
+    /// Upper end of its interval.
+    pub high: f64,
+}
+
+/// A forest plot: one row per estimate, a dot at its value and a bar across its interval, on a
+/// shared horizontal axis. Rows whose bars overlap much are not told apart by the measurement,
+/// which a table of second decimals hides. `reference` draws a dashed vertical line (e.g. a
+/// target).
+pub fn interval_chart(rows: &[Estimate], title: &str, reference: Option<f64>) -> Result<Canvas> {
+    if rows.is_empty() {
+        return Err(VizError::InvalidInput {
+            what: "rows",
+            reason: "nothing to plot".into(),
+        });
+    }
+    if let Some(r) = rows.iter().find(|r| {
+        // Finite first, so that the comparisons below see no NaN.
+        ![r.value, r.low, r.high].iter().all(|v| v.is_finite())
+            || r.low > r.value
+            || r.value > r.high
+    }) {
+        return Err(VizError::InvalidInput {
+            what: "rows",
+            reason: format!(
+                "{}: need finite low <= value <= high, got {} <= {} <= {}",
+                r.label, r.low, r.value, r.high
+            ),
+        });
+    }
+    let label_w = rows
+        .iter()
+        .map(|r| font::text_width(&r.label, 1))
+        .max()
+        .unwrap_or(0)
+        .max(40);
+    let (row_h, plot_w) = (22u32, 480u32);
+    let (left, top) = (16 + label_w as i64 + 12, 40i64);
+    let bottom = top + (rows.len() as u32 * row_h) as i64;
+    let mut canvas = Canvas::new(left as u32 + plot_w + 40, bottom as u32 + 36, WHITE);
+    canvas.text(16, 10, title, 2, BLACK);
+    let mut x0 = rows.iter().map(|r| r.low).fold(f64::INFINITY, f64::min);
+    let mut x1 = rows
+        .iter()
+        .map(|r| r.high)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if let Some(r) = reference.filter(|r| r.is_finite()) {
+        x0 = x0.min(r);
+        x1 = x1.max(r);
+    }
+    let span = if x1 > x0 { x1 - x0 } else { 1.0 };
+    let (x0, x1) = (x0 - span * 0.05, x1 + span * 0.05);
+    let px = |x: f64| left + ((x - x0) / (x1 - x0) * plot_w as f64).round() as i64;
+    for k in 0..=5 {
+        let x = x0 + (x1 - x0) * k as f64 / 5.0;
+        canvas.line(px(x), top, px(x), bottom, [230, 230, 230]);
+        canvas.text_centered(px(x), bottom + 8, &format_tick(x, x1 - x0), 1, BLACK);
+    }
+    canvas.line(left, bottom, left + plot_w as i64, bottom, GREY);
+    if let Some(r) = reference.filter(|r| r.is_finite()) {
+        let x = px(r);
+        canvas.text_centered(x, top - 9, &format_tick(r, x1 - x0), 1, ORANGE);
+        for y in (top..bottom).step_by(6) {
+            canvas.line(x, y, x, (y + 3).min(bottom), ORANGE);
+        }
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + (i as u32 * row_h + row_h / 2) as i64;
+        canvas.text(16, y - 3, &r.label, 1, BLACK);
+        let (a, b) = (px(r.low), px(r.high));
+        canvas.line(a, y, b, y, BLUE);
+        canvas.line(a, y + 1, b, y + 1, BLUE);
+        canvas.line(a, y - 4, a, y + 5, BLUE);
+        canvas.line(b, y - 4, b, y + 5, BLUE);
+        canvas.fill_rect(px(r.value) - 3, y - 3, 7, 8, BLACK);
+    }
+    Ok(canvas)
+}
+
 /// A 28x28 digit with a caption, for [`digit_gallery`].
 #[derive(Debug, Clone)]
 pub struct Captioned {
@@ -388,5 +476,72 @@ mod tests {
         let c = confusion_heatmap(&m, "T");
         // Cell (1, 1) is a perfect row: the top of viridis, away from its label in the centre.
         assert_eq!(c.pixel(56 + 44 + 2, 64 + 44 + 2), Some(viridis(1.0)));
+    }
+
+    fn est(label: &str, value: f64, low: f64, high: f64) -> Estimate {
+        Estimate {
+            label: label.into(),
+            value,
+            low,
+            high,
+        }
+    }
+
+    /// Leftmost and rightmost blue pixel on row `y`.
+    fn blue_span(c: &Canvas, y: u32) -> Option<(u32, u32)> {
+        let xs: Vec<u32> = (0..c.width())
+            .filter(|&x| c.pixel(x, y) == Some(BLUE))
+            .collect();
+        Some((*xs.first()?, *xs.last()?))
+    }
+
+    #[test]
+    fn interval_chart_draws_each_interval_to_scale() {
+        let rows = [
+            est("A", 0.5, 0.0, 1.0),
+            est("B", 0.5, 0.25, 0.75),
+            est("C", 0.9, 0.8, 1.0),
+        ];
+        let c = interval_chart(&rows, "T", None).unwrap();
+        // Row i's bar is on y = 40 + 22 i + 11 (+1 for the second pixel row, below the dot).
+        let span = |i: u32| blue_span(&c, 40 + 22 * i + 12).unwrap();
+        let (a0, a1) = span(0);
+        let (b0, b1) = span(1);
+        let (c0, c1) = span(2);
+        // B covers the middle half of A's bar, C the top fifth.
+        let w = (a1 - a0) as f64;
+        assert!(
+            ((b1 - b0) as f64 / w - 0.5).abs() < 0.01,
+            "{a0}-{a1} {b0}-{b1}"
+        );
+        assert!(((b0 - a0) as f64 / w - 0.25).abs() < 0.01);
+        assert_eq!(c1, a1);
+        assert!(((c1 - c0) as f64 / w - 0.2).abs() < 0.01);
+        // The dot of C sits at 0.9 of A's bar.
+        let x = a0 + (0.9 * w).round() as u32;
+        assert_eq!(c.pixel(x, 40 + 22 * 2 + 11), Some(BLACK));
+    }
+
+    #[test]
+    fn interval_chart_draws_the_reference_and_rejects_bad_rows() {
+        let rows = [est("A", 0.5, 0.4, 0.6)];
+        let with = interval_chart(&rows, "T", Some(0.7)).unwrap();
+        let orange = |c: &Canvas| {
+            (0..c.width())
+                .flat_map(|x| (0..c.height()).map(move |y| (x, y)))
+                .filter(|&(x, y)| c.pixel(x, y) == Some(ORANGE))
+                .count()
+        };
+        assert!(orange(&with) > 10);
+        assert_eq!(orange(&interval_chart(&rows, "T", None).unwrap()), 0);
+        for bad in [
+            est("low above value", 0.5, 0.6, 0.7),
+            est("value above high", 0.5, 0.1, 0.4),
+            est("nan", f64::NAN, 0.1, 0.4),
+        ] {
+            let err = interval_chart(&[bad], "T", None).unwrap_err();
+            assert!(matches!(err, VizError::InvalidInput { .. }), "{err}");
+        }
+        assert!(interval_chart(&[], "T", None).is_err());
     }
 }
