@@ -14,7 +14,6 @@ use candle_core::Device;
 use clap::Parser;
 use hdr::data::{idx, Dataset, Mnist, MnistOptions, Normalize};
 use hdr::metrics::{ClassificationReport, Evaluator, McNemar};
-use hdr::viz::Estimate;
 
 #[derive(Parser)]
 #[command(about = "Evaluate saved models on MNIST's test split or an IDX pair")]
@@ -77,18 +76,12 @@ fn main() -> anyhow::Result<()> {
         tests.push((m, t));
     }
     if let Some(path) = &a.chart {
-        let mut rows = Vec::new();
-        for (label, (report, _)) in labels.iter().zip(&runs) {
-            let i = report.accuracy_interval(0.95)?;
-            rows.push(Estimate {
-                label: label.clone(),
-                value: 100.0 * report.accuracy,
-                low: 100.0 * i.low,
-                high: 100.0 * i.high,
-            });
-        }
-        let title = format!("{split} accuracy (%), 95% intervals");
-        hdr::viz::interval_chart(&rows, &title, a.reference)?.save_png(path)?;
+        let rows: Vec<_> = labels
+            .iter()
+            .cloned()
+            .zip(runs.iter().map(|r| &r.0))
+            .collect();
+        hdr::viz::accuracy_chart(&rows, 0.95, a.reference)?.save_png(path)?;
     }
     if a.json {
         if runs.len() == 1 {

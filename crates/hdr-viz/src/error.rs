@@ -41,6 +41,10 @@ pub enum VizError {
         source: image::ImageError,
     },
 
+    /// From the metrics (e.g. an interval of an empty evaluation).
+    #[error(transparent)]
+    Metrics(#[from] hdr_metrics::MetricsError),
+
     /// From the model zoo.
     #[error(transparent)]
     Model(#[from] hdr_models::ModelError),

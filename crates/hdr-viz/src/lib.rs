@@ -6,8 +6,8 @@
 //!   layer), drawn over the digit with [`overlay`];
 //! - [`confusion_heatmap`], [`line_charts`] (training curves) and [`digit_gallery`]
 //!   (e.g. misclassified test digits with true and predicted labels);
-//! - [`interval_chart`]: estimates with their intervals (e.g. accuracies with 95% intervals),
-//!   one row each on a shared axis.
+//! - [`interval_chart`]: estimates with their intervals, one row each on a shared axis;
+//!   [`accuracy_chart`] draws models' test accuracies with their 95% intervals that way.
 //!
 //! Drawing is done on a small [`Canvas`] with a built-in bitmap font, so no system fonts or
 //! plotting back-ends are needed.
@@ -35,6 +35,7 @@ pub use canvas::{Canvas, Color, BLACK, GREY, WHITE};
 pub use error::{Result, VizError};
 pub use explain::{grad_cam, saliency, upsample, Explanation};
 pub use plots::{
-    confusion_heatmap, digit_gallery, feature_map_grid, grey, inferno, interval_chart, line_charts,
-    overlay, viridis, Captioned, Estimate, Panel, Series, BLUE, ORANGE,
+    accuracy_chart, confusion_heatmap, digit_gallery, feature_map_grid, grey, inferno,
+    interval_chart, line_charts, overlay, viridis, Captioned, Estimate, Panel, Series, BLUE,
+    ORANGE,
 };

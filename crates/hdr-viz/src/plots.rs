@@ -1,7 +1,7 @@
 //! The pictures: feature-map grids, explanation overlays, confusion heat maps, training
 //! curves and digit galleries.
 
-use hdr_metrics::ConfusionMatrix;
+use hdr_metrics::{ClassificationReport, ConfusionMatrix};
 use hdr_models::FeatureMap;
 
 use crate::canvas::{Canvas, Color, BLACK, GREY, WHITE};
@@ -420,6 +420,32 @@ pub fn interval_chart(rows: &[Estimate], title: &str, reference: Option<f64>) ->
     Ok(canvas)
 }
 
+/// [`interval_chart`] of the accuracies of `reports` (in percent) with their intervals at level
+/// `confidence` (Wilson's, [`ClassificationReport::accuracy_interval`]), one row per
+/// `(label, report)`, titled with the split of the first report.
+pub fn accuracy_chart(
+    reports: &[(String, &ClassificationReport)],
+    confidence: f64,
+    reference: Option<f64>,
+) -> Result<Canvas> {
+    let mut rows = Vec::with_capacity(reports.len());
+    for (label, report) in reports {
+        let i = report.accuracy_interval(confidence)?;
+        rows.push(Estimate {
+            label: label.clone(),
+            value: 100.0 * report.accuracy,
+            low: 100.0 * i.low,
+            high: 100.0 * i.high,
+        });
+    }
+    let split = reports.first().map_or("", |(_, r)| r.split.as_str());
+    let title = format!(
+        "{split} accuracy (%), {}% intervals",
+        (100.0 * confidence).round()
+    );
+    interval_chart(&rows, &title, reference)
+}
+
 /// A 28x28 digit with a caption, for [`digit_gallery`].
 #[derive(Debug, Clone)]
 pub struct Captioned {
@@ -543,5 +569,16 @@ mod tests {
             assert!(matches!(err, VizError::InvalidInput { .. }), "{err}");
         }
         assert!(interval_chart(&[], "T", None).is_err());
+    }
+
+    #[test]
+    fn accuracy_chart_plots_each_report_with_its_interval() {
+        let m = ConfusionMatrix::from_counts(2, vec![45, 5, 0, 50]).unwrap();
+        let r = ClassificationReport::new("a", "test", &m, &Default::default()).unwrap();
+        let c = accuracy_chart(&[("a".into(), &r), ("b".into(), &r)], 0.95, None).unwrap();
+        // Identical reports, identical bars.
+        assert_eq!(blue_span(&c, 40 + 12), blue_span(&c, 40 + 22 + 12));
+        assert!(accuracy_chart(&[("a".into(), &r)], 1.5, None).is_err());
+        assert!(accuracy_chart(&[], 0.95, None).is_err());
     }
 }
