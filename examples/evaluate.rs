@@ -5,15 +5,15 @@
 //! `cargo run --release --example evaluate -- <model.safetensors | pretrained-name>... [--json] [--images F --labels F] [--chart F.png]`
 //!
 //! With two or more models, McNemar's exact test then says whether each model after the first
-//! really differs from the first on these samples, and `--chart` draws every model's accuracy
-//! with its 95% interval.
+//! really differs from the first on these samples (with Holm's correction when there are
+//! several), and `--chart` draws every model's accuracy with its 95% interval.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use clap::Parser;
 use hdr::data::{idx, Dataset, Mnist, MnistOptions, Normalize};
-use hdr::metrics::{ClassificationReport, Evaluator, McNemar};
+use hdr::metrics::{format_p_value, holm, ClassificationReport, Evaluator, McNemar};
 
 #[derive(Parser)]
 #[command(about = "Evaluate saved models on MNIST's test split or an IDX pair")]
@@ -22,7 +22,8 @@ struct Args {
     /// models (`lenet5`, `mobilenet_hdr`, ...). Each after the first is tested against the first.
     #[arg(required = true)]
     models: Vec<String>,
-    /// Print one JSON object instead of the text report.
+    /// Print one JSON object instead of the text reports: the report for one model;
+    /// `{"reports": [...], "mcnemar": [{"a", "b", "test"}, ...]}` for several.
     #[arg(long)]
     json: bool,
     /// IDX image file to evaluate on instead of MNIST's test split (raw or .gz).
@@ -68,13 +69,10 @@ fn main() -> anyhow::Result<()> {
     let (first, first_eval) = &runs[0];
     let mut tests = Vec::new();
     for (m, (_, eval)) in labels.iter().zip(&runs).skip(1) {
-        let t = McNemar::from_misclassified(
-            first.num_samples,
-            &first_eval.misclassified_indices(),
-            &eval.misclassified_indices(),
-        )?;
-        tests.push((m, t));
+        tests.push((m, McNemar::from_evaluators(first_eval, eval)?));
     }
+    let p_values: Vec<f64> = tests.iter().map(|(_, t)| t.p_value).collect();
+    let adjusted = holm(&p_values)?;
     if let Some(path) = &a.chart {
         let rows: Vec<_> = labels
             .iter()
@@ -95,7 +93,8 @@ fn main() -> anyhow::Result<()> {
             }
             let mcnemar: Vec<_> = tests
                 .iter()
-                .map(|(m, t)| serde_json::json!({"a": labels[0], "b": m, "test": t}))
+                .zip(&adjusted)
+                .map(|((m, t), p)| serde_json::json!({"a": labels[0], "b": m, "test": t, "p_holm": p}))
                 .collect();
             println!(
                 "{}",
@@ -108,6 +107,18 @@ fn main() -> anyhow::Result<()> {
         }
         for (m, t) in &tests {
             println!("{}", t.render_text(&labels[0], m));
+        }
+        if tests.len() > 1 {
+            let list: Vec<String> = tests
+                .iter()
+                .zip(&adjusted)
+                .map(|((m, _), p)| format!("{m}: {}", format_p_value(*p)))
+                .collect();
+            println!(
+                "Holm-adjusted p over these {} tests: {}",
+                tests.len(),
+                list.join(", ")
+            );
         }
         if let Some(path) = &a.chart {
             println!("chart: {}", path.display());

@@ -166,6 +166,11 @@ impl Evaluator {
         &self.matrix
     }
 
+    /// Whether misclassified samples are recorded ([`EvaluatorConfig::keep_misclassified`]).
+    pub fn keeps_misclassified(&self) -> bool {
+        self.keep_misclassified
+    }
+
     /// Number of samples added.
     pub fn num_samples(&self) -> u64 {
         self.matrix.total()

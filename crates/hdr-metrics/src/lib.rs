@@ -20,7 +20,7 @@
 //!   [`splice_section`] puts a generated table into a hand-written Markdown page.
 //! - Significance: [`wilson_interval`] (how far a test-set accuracy can be from the model's
 //!   true one) and [`McNemar`]'s exact test (whether two models evaluated on the same samples
-//!   really differ).
+//!   really differ), with [`holm`]'s correction when several tests are read together.
 //!
 //! ```
 //! use hdr_metrics::{Evaluator, EvaluatorConfig, MetricsConfig};
@@ -71,5 +71,5 @@ pub use metrics::{
     ZeroDivision,
 };
 pub use report::{ClassificationReport, RenderOptions};
-pub use significance::{wilson_interval, Interval, McNemar};
+pub use significance::{format_p_value, holm, wilson_interval, Interval, McNemar};
 pub use topk::{argmax_rows, top_k_accuracy, TopKAccuracy};

@@ -188,10 +188,9 @@ impl ClassificationReport {
             format_count(self.num_samples)
         );
         out.push_str(&self.sklearn_table(options.digits));
-        out.push('\n');
         if let Ok(i) = self.accuracy_interval(0.95) {
             out.push_str(&format!(
-                "accuracy {}, 95% interval {}-{} (Wilson)\n",
+                "\naccuracy {}, 95% interval {}-{} (Wilson)\n",
                 format_percent(self.accuracy),
                 format_percent(i.low),
                 format_percent(i.high)

@@ -2,7 +2,7 @@
 //! one model, and McNemar's exact test for two models evaluated on the same samples.
 //!
 //! On MNIST's 10,000 test images one image is 0.01 point, so tables that rank models by their
-//! second decimal need both: a 95% interval around 99.6% is about 0.24 point wide, and two
+//! second decimal need both: a 95% interval around 99.6% is about 0.25 point wide, and two
 //! models that differ by a few images usually disagree on far more.
 
 use serde::{Deserialize, Serialize};
@@ -71,12 +71,21 @@ fn z_score(confidence: f64) -> Result<f64> {
             "must be in (0, 1), e.g. 0.95",
         ));
     }
-    Ok(normal_quantile(0.5 + confidence / 2.0))
+    // From the lower tail: 0.5 + confidence / 2 rounds to 1 for levels within 1e-16 of 1.
+    let z = -normal_quantile((1.0 - confidence) / 2.0);
+    if z.is_finite() {
+        Ok(z)
+    } else {
+        Err(MetricsError::invalid(
+            "confidence",
+            confidence,
+            "too close to 1 for a finite interval",
+        ))
+    }
 }
 
-/// The standard normal quantile function for `p` in (0, 1): Acklam's rational approximation
-/// (relative error below 1.2e-9), refined by one Halley step against the complementary error
-/// function.
+/// The standard normal quantile function for `p` in (0, 1): Acklam's rational approximation,
+/// relative error below 1.2e-9 (a refinement step would need an erfc at least as accurate).
 fn normal_quantile(p: f64) -> f64 {
     const A: [f64; 6] = [
         -3.969_683_028_665_376e1,
@@ -112,7 +121,7 @@ fn normal_quantile(p: f64) -> f64 {
         (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
             / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
     };
-    let x = if p < P_LOW {
+    if p < P_LOW {
         tail((-2.0 * p.ln()).sqrt())
     } else if p <= 1.0 - P_LOW {
         let q = p - 0.5;
@@ -121,30 +130,6 @@ fn normal_quantile(p: f64) -> f64 {
             / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     } else {
         -tail((-2.0 * (1.0 - p).ln()).sqrt())
-    };
-    let e = 0.5 * erfc(-x / std::f64::consts::SQRT_2) - p;
-    let u = e * (2.0 * std::f64::consts::PI).sqrt() * (x * x / 2.0).exp();
-    x - u / (1.0 + x * u / 2.0)
-}
-
-/// The complementary error function (Numerical Recipes' Chebyshev fit, relative error below
-/// 1.2e-7, enough for the single refinement step it serves).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * poly.exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
     }
 }
 
@@ -190,7 +175,8 @@ impl McNemar {
     /// The test from each model's misclassified sample indices (e.g.
     /// [`Evaluator::misclassified_indices`](crate::Evaluator::misclassified_indices)) over the
     /// same `samples` samples in the same order. Indices may come in any order; repeated ones
-    /// count once.
+    /// count once. An [`Evaluator`](crate::Evaluator) built with `keep_misclassified: false`
+    /// records none, which would read as a perfect model: [`McNemar::from_evaluators`] checks.
     pub fn from_misclassified(samples: u64, a_wrong: &[usize], b_wrong: &[usize]) -> Result<Self> {
         if samples == 0 {
             return Err(MetricsError::Empty {
@@ -222,14 +208,43 @@ impl McNemar {
         })
     }
 
+    /// The test of two evaluations of the same samples, in the same order.
+    ///
+    /// Errors if either evaluator did not keep its misclassified samples, or if they saw
+    /// different numbers of samples.
+    pub fn from_evaluators(a: &crate::Evaluator, b: &crate::Evaluator) -> Result<Self> {
+        for e in [a, b] {
+            if !e.keeps_misclassified() {
+                return Err(MetricsError::invalid(
+                    "evaluator",
+                    "keep_misclassified: false",
+                    "McNemar's test needs each model's misclassified samples",
+                ));
+            }
+        }
+        if a.num_samples() != b.num_samples() {
+            return Err(MetricsError::invalid(
+                "evaluators",
+                format!("{} and {} samples", a.num_samples(), b.num_samples()),
+                "both models must be evaluated on the same samples",
+            ));
+        }
+        Self::from_misclassified(
+            a.num_samples(),
+            &a.misclassified_indices(),
+            &b.misclassified_indices(),
+        )
+    }
+
     /// The test from per-sample correctness of the two models (`a[i]`: the first model
     /// classifies sample `i` correctly).
     pub fn from_correctness(a: &[bool], b: &[bool]) -> Result<Self> {
         if a.len() != b.len() {
-            return Err(MetricsError::LengthMismatch {
-                predictions: a.len(),
-                labels: b.len(),
-            });
+            return Err(MetricsError::invalid(
+                "correctness",
+                format!("{} and {} samples", a.len(), b.len()),
+                "both models must be judged on the same samples",
+            ));
         }
         let wrong = |c: &[bool]| -> Vec<usize> {
             c.iter()
@@ -273,13 +288,44 @@ impl McNemar {
     }
 }
 
+/// Holm's step-down adjustment of the p-values of several tests run together (e.g. one model
+/// against several others), in the order given: an adjusted p below `alpha` keeps the family's
+/// chance of any false "significant" at most `alpha`, whatever the tests' dependence.
+pub fn holm(p_values: &[f64]) -> Result<Vec<f64>> {
+    if let Some(&bad) = p_values.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+        return Err(MetricsError::invalid(
+            "p_values",
+            bad,
+            "a p-value must be in [0, 1]",
+        ));
+    }
+    let m = p_values.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p_values[a].total_cmp(&p_values[b]));
+    let mut adjusted = vec![0.0; m];
+    let mut running = 0.0f64;
+    for (rank, &i) in order.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p_values[i]).min(1.0));
+        adjusted[i] = running;
+    }
+    Ok(adjusted)
+}
+
+/// The p-value as [`McNemar::render_text`] prints it.
+pub fn format_p_value(p: f64) -> String {
+    format_p(p)
+}
+
 /// Three decimals, or two significant digits below 0.001 (which three decimals would show as
 /// 0.000, as if certain).
 fn format_p(p: f64) -> String {
     if p >= 0.001 {
         format!("{p:.3}")
-    } else {
+    } else if p > 0.0 {
         format!("{p:.1e}")
+    } else {
+        // Below f64's range (thousands of lopsided disagreements), not zero.
+        "< 1e-300".into()
     }
 }
 
@@ -308,17 +354,20 @@ fn binomial_two_sided(x: u64, y: u64) -> f64 {
         return 1.0;
     }
     // In logs: 2^-n underflows once the models disagree on more than ~1,000 samples.
-    let mut log_pmf = -(n as f64) * std::f64::consts::LN_2;
-    let mut logs = Vec::with_capacity(k as usize + 1);
-    logs.push(log_pmf);
+    let mut log_pmf_k = -(n as f64) * std::f64::consts::LN_2;
     for i in 0..k {
-        log_pmf += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
-        logs.push(log_pmf);
+        log_pmf_k += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
     }
-    // The largest term is the last one (i = k < n/2).
-    let max = log_pmf;
-    let tail = max + logs.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-    (2.0 * tail.exp()).min(1.0)
+    // Then down from the largest term, pmf(k) (k < n/2), in ratios to it.
+    let (mut term, mut sum) = (1.0f64, 1.0f64);
+    for i in (1..=k).rev() {
+        term *= i as f64 / (n - i + 1) as f64;
+        sum += term;
+        if term < sum * 1e-17 {
+            break;
+        }
+    }
+    (2.0 * (log_pmf_k + sum.ln()).exp()).min(1.0)
 }
 
 #[cfg(test)]
@@ -335,7 +384,7 @@ mod tests {
             (0.001, -3.090_232_306_167_813),
         ] {
             assert!(
-                (normal_quantile(p) - z).abs() < 1e-7,
+                (normal_quantile(p) - z).abs() < 1e-8,
                 "{p}: {}",
                 normal_quantile(p)
             );
@@ -365,13 +414,20 @@ mod tests {
     }
 
     #[test]
+    fn wilson_stays_finite_next_to_one() {
+        // 0.5 + c / 2 would round to 1 here (and the quantile to infinity).
+        let i = wilson_interval(5, 10, 1.0 - f64::EPSILON / 2.0).unwrap();
+        assert!(i.low.is_finite() && i.high.is_finite() && i.low < 0.5 && i.high > 0.5);
+    }
+
+    #[test]
     fn wilson_rejects_bad_input() {
         assert!(matches!(
             wilson_interval(1, 0, 0.95),
             Err(MetricsError::Empty { .. })
         ));
         assert!(wilson_interval(11, 10, 0.95).is_err());
-        for c in [0.0, 1.0, -0.5, f64::NAN] {
+        for c in [0.0, 1.0, -0.5, f64::NAN, 1.0 - 1e-17] {
             assert!(wilson_interval(5, 10, c).is_err(), "{c}");
         }
     }
@@ -397,6 +453,7 @@ mod tests {
         assert_eq!(binomial_two_sided(7, 7), 1.0);
         assert_eq!(format_p(0.625), "0.625");
         assert_eq!(format_p(binomial_two_sided(0, 12)), "4.9e-4");
+        assert_eq!(format_p(binomial_two_sided(0, 5000)), "< 1e-300");
         assert_eq!(binomial_two_sided(0, 0), 1.0);
         assert!(binomial_two_sided(0, 12) < 0.001);
         // Large disagreement counts stay finite (2^-n underflows in linear space).
@@ -406,12 +463,43 @@ mod tests {
     }
 
     #[test]
+    fn holm_matches_a_hand_computation() {
+        // Sorted 0.01, 0.02, 0.04, 0.5 -> 4 * 0.01, max(0.04, 3 * 0.02), max(0.06, 2 * 0.04),
+        // max(0.08, 0.5), back in the given order.
+        let adj = holm(&[0.04, 0.5, 0.01, 0.02]).unwrap();
+        let want = [0.08, 0.5, 0.04, 0.06];
+        for (a, w) in adj.iter().zip(want) {
+            assert!((a - w).abs() < 1e-12, "{adj:?}");
+        }
+        assert_eq!(holm(&[0.9, 0.8]).unwrap(), [1.0, 1.0]);
+        assert!(holm(&[]).unwrap().is_empty());
+        assert!(holm(&[0.1, f64::NAN]).is_err());
+        assert!(holm(&[1.5]).is_err());
+    }
+
+    #[test]
     fn mcnemar_from_correctness_agrees_with_indices() {
         let a = [true, false, false, true, true];
         let b = [true, true, false, false, true];
         let t = McNemar::from_correctness(&a, &b).unwrap();
         assert_eq!(t, McNemar::from_misclassified(5, &[1, 2], &[2, 3]).unwrap());
         assert!(McNemar::from_correctness(&a, &b[..4]).is_err());
+        let eval = |wrong: &[u8], keep: bool| {
+            let mut e = crate::Evaluator::new(&crate::EvaluatorConfig {
+                num_classes: 2,
+                keep_misclassified: keep,
+                ..Default::default()
+            })
+            .unwrap();
+            let predictions: Vec<u8> = (0..5).map(|i| wrong.contains(&i) as u8).collect();
+            e.add_predictions(&predictions, &[0u8; 5]).unwrap();
+            e
+        };
+        assert_eq!(
+            McNemar::from_evaluators(&eval(&[1, 2], true), &eval(&[2, 3], true)).unwrap(),
+            t
+        );
+        assert!(McNemar::from_evaluators(&eval(&[1, 2], true), &eval(&[2, 3], false)).is_err());
         assert!(McNemar::from_misclassified(5, &[5], &[]).is_err());
         assert!(McNemar::from_misclassified(0, &[], &[]).is_err());
     }

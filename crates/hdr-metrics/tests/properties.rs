@@ -207,8 +207,8 @@ proptest! {
         prop_assert!(0.0 <= i.low && i.high <= 1.0, "{:?}", i);
         prop_assert!(i.contains(p), "{:?} misses {}", i, p);
         // The same rate on four times the trials is known at least as precisely.
-        let wider = wilson_interval(4 * successes, 4 * trials, confidence).unwrap();
-        prop_assert!(wider.width() <= i.width() + 1e-12, "{:?} vs {:?}", wider, i);
+        let narrower = wilson_interval(4 * successes, 4 * trials, confidence).unwrap();
+        prop_assert!(narrower.width() <= i.width() + 1e-12, "{:?} vs {:?}", narrower, i);
         // A higher level asks for a wider interval.
         let more = wilson_interval(successes, trials, (confidence + 1.0) / 2.0).unwrap();
         prop_assert!(more.low <= i.low + 1e-12 && more.high >= i.high - 1e-12);

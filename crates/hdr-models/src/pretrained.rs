@@ -112,22 +112,25 @@ pub fn load_or_pretrained(spec: &str, device: &Device) -> Result<LoadedModel> {
 
 /// Short names for models given as [`load_or_pretrained`] specs, for tables and charts: each
 /// file's stem (`runs/study/resnet.safetensors` -> `resnet`) when those are all distinct, else
-/// the specs themselves without the `.safetensors` extension (two runs of one architecture,
-/// `runs/a/resnet.safetensors` and `runs/b/resnet.safetensors`, keep their folders).
+/// the specs without the `.safetensors` extension when those are (two runs of one architecture,
+/// `runs/a/resnet.safetensors` and `runs/b/resnet.safetensors`, keep their folders), else the
+/// specs as given.
 pub fn short_labels<S: AsRef<str>>(specs: &[S]) -> Vec<String> {
-    let trimmed: Vec<&str> = specs
+    let distinct = |v: &[&str]| v.iter().enumerate().all(|(i, s)| !v[..i].contains(s));
+    let given: Vec<&str> = specs.iter().map(|s| s.as_ref()).collect();
+    let trimmed: Vec<&str> = given
         .iter()
-        .map(|s| s.as_ref().trim_end_matches(".safetensors"))
+        .map(|s| s.strip_suffix(".safetensors").unwrap_or(s))
         .collect();
     let stems: Vec<&str> = trimmed
         .iter()
         .map(|s| s.rsplit(['/', '\\']).next().unwrap_or(s))
         .collect();
-    let distinct = stems
-        .iter()
-        .enumerate()
-        .all(|(i, s)| !stems[..i].contains(s));
-    let chosen = if distinct { stems } else { trimmed };
+    // `lenet5` (pretrained) and `lenet5.safetensors` (a file) differ only by the extension.
+    let chosen = [stems, trimmed]
+        .into_iter()
+        .find(|v| distinct(v))
+        .unwrap_or(given);
     chosen.into_iter().map(String::from).collect()
 }
 
@@ -152,6 +155,10 @@ mod label_tests {
         assert_eq!(
             short_labels(&["resnet", "x/resnet.safetensors"]),
             ["resnet", "x/resnet"]
+        );
+        assert_eq!(
+            short_labels(&["lenet5", "lenet5.safetensors"]),
+            ["lenet5", "lenet5.safetensors"]
         );
         assert!(short_labels::<&str>(&[]).is_empty());
     }

@@ -439,9 +439,10 @@ pub fn accuracy_chart(
         });
     }
     let split = reports.first().map_or("", |(_, r)| r.split.as_str());
+    // One decimal at most: 99.5% must not read as 100%.
     let title = format!(
         "{split} accuracy (%), {}% intervals",
-        (100.0 * confidence).round()
+        (1000.0 * confidence).round() / 10.0
     );
     interval_chart(&rows, &title, reference)
 }
@@ -573,12 +574,31 @@ mod tests {
 
     #[test]
     fn accuracy_chart_plots_each_report_with_its_interval() {
-        let m = ConfusionMatrix::from_counts(2, vec![45, 5, 0, 50]).unwrap();
-        let r = ClassificationReport::new("a", "test", &m, &Default::default()).unwrap();
-        let c = accuracy_chart(&[("a".into(), &r), ("b".into(), &r)], 0.95, None).unwrap();
-        // Identical reports, identical bars.
-        assert_eq!(blue_span(&c, 40 + 12), blue_span(&c, 40 + 22 + 12));
-        assert!(accuracy_chart(&[("a".into(), &r)], 1.5, None).is_err());
+        let report = |wrong: u64| {
+            let m = ConfusionMatrix::from_counts(2, vec![50 - wrong, wrong, 0, 50]).unwrap();
+            ClassificationReport::new("a", "test", &m, &Default::default()).unwrap()
+        };
+        let (a, b) = (report(5), report(1));
+        let c = accuracy_chart(&[("a".into(), &a), ("b".into(), &b)], 0.95, None).unwrap();
+        // Each bar spans its Wilson interval on the shared axis: the ratio of the bars' pixel
+        // widths is that of the intervals, and the bars end where the intervals do.
+        let (ia, ib) = (
+            a.accuracy_interval(0.95).unwrap(),
+            b.accuracy_interval(0.95).unwrap(),
+        );
+        let ((a0, a1), (b0, b1)) = (
+            blue_span(&c, 40 + 12).unwrap(),
+            blue_span(&c, 40 + 22 + 12).unwrap(),
+        );
+        let ratio = (b1 - b0) as f64 / (a1 - a0) as f64;
+        assert!((ratio - ib.width() / ia.width()).abs() < 0.01, "{ratio}");
+        let px_per_point = (a1 - a0) as f64 / (100.0 * ia.width());
+        let offset = (b0 as f64 - a0 as f64) / px_per_point;
+        assert!(
+            (offset - 100.0 * (ib.low - ia.low)).abs() < 0.05,
+            "{offset}"
+        );
+        assert!(accuracy_chart(&[("a".into(), &a)], 1.5, None).is_err());
         assert!(accuracy_chart(&[], 0.95, None).is_err());
     }
 }
