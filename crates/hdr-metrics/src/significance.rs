@@ -278,7 +278,7 @@ impl McNemar {
             self.only_a_wrong,
             self.only_b_wrong,
             100.0 * self.accuracy_difference(),
-            format_p(self.p_value),
+            format_p_value(self.p_value),
         )
     }
 
@@ -311,14 +311,9 @@ pub fn holm(p_values: &[f64]) -> Result<Vec<f64>> {
     Ok(adjusted)
 }
 
-/// The p-value as [`McNemar::render_text`] prints it.
+/// A p-value as [`McNemar::render_text`] prints it: three decimals, or two significant digits
+/// below 0.001 (which three decimals would show as 0.000, as if certain).
 pub fn format_p_value(p: f64) -> String {
-    format_p(p)
-}
-
-/// Three decimals, or two significant digits below 0.001 (which three decimals would show as
-/// 0.000, as if certain).
-fn format_p(p: f64) -> String {
     if p >= 0.001 {
         format!("{p:.3}")
     } else if p > 0.0 {
@@ -451,9 +446,9 @@ mod tests {
         assert!((binomial_two_sided(10, 30) - 0.002_221_43).abs() < 1e-8);
         assert!((binomial_two_sided(30, 10) - 0.002_221_43).abs() < 1e-8);
         assert_eq!(binomial_two_sided(7, 7), 1.0);
-        assert_eq!(format_p(0.625), "0.625");
-        assert_eq!(format_p(binomial_two_sided(0, 12)), "4.9e-4");
-        assert_eq!(format_p(binomial_two_sided(0, 5000)), "< 1e-300");
+        assert_eq!(format_p_value(0.625), "0.625");
+        assert_eq!(format_p_value(binomial_two_sided(0, 12)), "4.9e-4");
+        assert_eq!(format_p_value(binomial_two_sided(0, 5000)), "< 1e-300");
         assert_eq!(binomial_two_sided(0, 0), 1.0);
         assert!(binomial_two_sided(0, 12) < 0.001);
         // Large disagreement counts stay finite (2^-n underflows in linear space).

@@ -425,11 +425,7 @@ fn shipped_models_compared_with_mcnemar_on_real_mnist() -> anyhow::Result<()> {
     };
     let (lenet, lenet_eval) = run("lenet5")?;
     let (mlp, mlp_eval) = run("mlp3")?;
-    let t = hdr_metrics::McNemar::from_misclassified(
-        10_000,
-        &lenet_eval.misclassified_indices(),
-        &mlp_eval.misclassified_indices(),
-    )?;
+    let t = hdr_metrics::McNemar::from_evaluators(&lenet_eval, &mlp_eval)?;
     let errors = |accuracy: f64| (10_000.0 * (1.0 - accuracy)).round() as u64;
     assert_eq!(t.both_wrong + t.only_a_wrong, errors(lenet.accuracy));
     assert_eq!(t.both_wrong + t.only_b_wrong, errors(mlp.accuracy));
