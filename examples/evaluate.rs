@@ -85,12 +85,7 @@ fn main() -> anyhow::Result<()> {
         if runs.len() == 1 {
             println!("{}", first.to_json()?);
         } else {
-            let mut reports = Vec::new();
-            for (report, _) in &runs {
-                reports.push(serde_json::from_str::<serde_json::Value>(
-                    &report.to_json()?,
-                )?);
-            }
+            let reports: Vec<&ClassificationReport> = runs.iter().map(|(r, _)| r).collect();
             let mcnemar: Vec<_> = tests
                 .iter()
                 .zip(&adjusted)
