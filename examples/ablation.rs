@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use clap::Parser;
 use hdr::models::{MobileNetHdrConfig, ModelConfig, Modification};
-use hdr::train::{recipe, teacher_logits, train_and_evaluate, StudyData, Teacher};
+use hdr::train::{recipe, train_and_evaluate, StudyData, TeacherSource};
 
 #[derive(Parser)]
 #[command(about = "Remove each of MobileNet-HDR's modifications in turn and measure the cost")]
@@ -41,14 +41,8 @@ fn main() -> anyhow::Result<()> {
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
     let teacher = hdr::models::load_or_pretrained(&a.teacher, &device)?;
-    let logits = teacher_logits(
-        teacher.model.as_ref(),
-        &data.train,
-        Default::default(),
-        None,
-        &device,
-    )?;
-    let teacher = Teacher::Logits(logits);
+    let source = TeacherSource::new(vec![teacher], false, &data.train, &device)?;
+    let teacher = source.teacher();
 
     let paper = MobileNetHdrConfig::paper();
     let mut variants = vec![("mobilenet_hdr (all)".to_string(), paper.clone())];

@@ -13,10 +13,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use clap::Parser;
 use hdr::data::augment::{Compose, ElasticDistortion};
-use hdr::train::{
-    ensemble_logits, recipe, teacher_logits, train_and_evaluate, StudyData, StudyOutcome, Teacher,
-    TrainConfig,
-};
+use hdr::train::{recipe, train_and_evaluate, StudyData, StudyOutcome, TeacherSource, TrainConfig};
 
 #[derive(Parser)]
 #[command(about = "Train and compare the study's models on MNIST")]
@@ -49,6 +46,10 @@ struct Args {
     /// model, validated and selected instead of the raw weights (default: each recipe's own).
     #[arg(long)]
     ema: Option<f64>,
+    /// What the moving average does with batch-norm statistics: `copied` from the current
+    /// weights (the study's runs), or `averaged` like the weights (as timm's ModelEmaV2).
+    #[arg(long, default_value = "copied")]
+    ema_statistics: hdr::train::EmaStatistics,
     /// Distillation temperature T (default: the recipe's, 4).
     #[arg(long)]
     temperature: Option<f32>,
@@ -100,6 +101,7 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
         ..recipe(name, a.epochs)
     };
     cfg.ema = a.ema.or(cfg.ema);
+    cfg.ema_statistics = a.ema_statistics;
     cfg.seed = a.seed.unwrap_or(cfg.seed);
     cfg.distill.temperature = a.temperature.unwrap_or(cfg.distill.temperature);
     cfg.distill.alpha = a.alpha.unwrap_or(cfg.distill.alpha);
@@ -131,8 +133,6 @@ fn main() -> anyhow::Result<()> {
     let mut outcomes: Vec<StudyOutcome> = Vec::new();
     let mut teachers: Vec<StudyOutcome> = Vec::new();
     for name in &a.models {
-        // Declared before `distill`, which borrows it when the teacher runs live.
-        let live_teacher: hdr::models::LoadedModel;
         let mut config = hdr::models::config(name)?;
         if let (hdr::models::ModelConfig::MobileNetHdr(c), Some(d)) = (&mut config, a.downsamplings)
         {
@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
             hdr::models::ModelConfig::MobileNetHdr(c) => c.teacher.clone(),
             _ => None,
         };
-        let distill = match wants {
+        let source = match wants {
             Some(preset) => {
                 let names = if a.teacher.is_empty() {
                     vec![preset]
@@ -173,36 +173,18 @@ fn main() -> anyhow::Result<()> {
                         file
                     };
                     println!("distilling from {}", file.display());
-                    loaded.push((hdr::models::load(&file, &device)?, file));
+                    loaded.push(hdr::models::load(&file, &device)?);
                 }
-                if a.live_teacher {
-                    anyhow::ensure!(
-                        loaded.len() == 1,
-                        "--live-teacher runs one teacher, {} were given",
-                        loaded.len()
-                    );
-                    live_teacher = loaded.remove(0).0;
-                    Some(Teacher::Model(live_teacher.model.as_ref()))
-                } else {
-                    let mut members = Vec::new();
-                    for (model, file) in &loaded {
-                        let stem = file.file_stem().unwrap_or_default().to_string_lossy();
-                        let cache = a.out_dir.join(format!("{stem}.train-logits.safetensors"));
-                        // A file of the same name may hold another run's teacher.
-                        let _ = std::fs::remove_file(&cache);
-                        members.push(teacher_logits(
-                            model.model.as_ref(),
-                            &data.train,
-                            Default::default(),
-                            Some(&cache),
-                            &device,
-                        )?);
-                    }
-                    Some(Teacher::Logits(ensemble_logits(&members)?))
-                }
+                Some(TeacherSource::new(
+                    loaded,
+                    a.live_teacher,
+                    &data.train,
+                    &device,
+                )?)
             }
             None => None,
         };
+        let distill = source.as_ref().map(TeacherSource::teacher);
         println!(
             "\n== {name}{}",
             if distill.is_some() {

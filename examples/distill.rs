@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::train::{recipe, teacher_logits, train_and_evaluate, DistillConfig, StudyData, Teacher};
+use hdr::train::{recipe, train_and_evaluate, DistillConfig, StudyData, TeacherSource};
 
 #[derive(Parser)]
 #[command(about = "Train a student with and without distillation from a teacher")]
@@ -47,17 +47,18 @@ fn main() -> anyhow::Result<()> {
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
     let loaded = hdr::models::load_or_pretrained(&a.teacher, &device)?;
-    let teacher = if a.live {
-        Teacher::Model(loaded.model.as_ref())
-    } else {
-        Teacher::Logits(teacher_logits(
-            loaded.model.as_ref(),
-            &data.train,
-            Default::default(),
-            None,
-            &device,
-        )?)
-    };
+    // The teacher's own row of the table, before the source takes the model.
+    let (t_report, _) = hdr::train::evaluate(
+        loaded.model.as_ref(),
+        &data.test,
+        &loaded.name,
+        "test",
+        Default::default(),
+        &device,
+    )?;
+    let teacher_name = loaded.name.clone();
+    let source = TeacherSource::new(vec![loaded], a.live, &data.train, &device)?;
+    let teacher = source.teacher();
     let config = hdr::models::config(&a.student)?;
     let mut cfg = recipe(&a.student, a.epochs);
     cfg.distill = DistillConfig {
@@ -73,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         None,
         &a.out_dir,
     )?;
-    println!("== {} distilled from {}", a.student, loaded.name);
+    println!("== {} distilled from {}", a.student, teacher_name);
     let distilled = train_and_evaluate(
         &format!("{}_distilled", a.student),
         &config,
@@ -81,14 +82,6 @@ fn main() -> anyhow::Result<()> {
         &cfg,
         Some(&teacher),
         &a.out_dir,
-    )?;
-    let (t_report, _) = hdr::train::evaluate(
-        loaded.model.as_ref(),
-        &data.test,
-        &loaded.name,
-        "test",
-        Default::default(),
-        &device,
     )?;
     let mut table = hdr::train::study_table(&[plain, distilled]);
     table.push(&t_report);

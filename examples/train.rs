@@ -75,6 +75,10 @@ struct Args {
     /// validate, select and save it instead of the raw weights.
     #[arg(long)]
     ema: Option<f64>,
+    /// What the moving average does with batch-norm statistics: `copied` from the current
+    /// weights, or `averaged` like the weights (as timm's ModelEmaV2).
+    #[arg(long, default_value = "copied")]
+    ema_statistics: hdr::train::EmaStatistics,
     /// Early-stopping patience in epochs (off when absent).
     #[arg(long)]
     patience: Option<usize>,
@@ -180,6 +184,7 @@ fn main() -> anyhow::Result<()> {
         label_smoothing: a.label_smoothing,
         aux_weight: a.aux_weight,
         ema: a.ema,
+        ema_statistics: a.ema_statistics,
         early_stopping: a.patience.map(|patience| EarlyStopping {
             patience,
             min_delta: 0.0,

@@ -7,6 +7,7 @@ use crate::format::{
 };
 use crate::metrics::Average;
 use crate::report::ClassificationReport;
+use crate::significance::Interval;
 
 /// One model's line in a [`ComparisonTable`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,6 +18,10 @@ pub struct ComparisonRow {
     pub split: String,
     /// Fraction classified correctly.
     pub accuracy: f64,
+    /// 95% Wilson interval of the accuracy (absent in tables saved before it was added, and for
+    /// an empty split).
+    #[serde(default)]
+    pub accuracy_interval: Option<Interval>,
     /// Precision under the table's [`Average`].
     pub precision: f64,
     /// Recall under the table's [`Average`].
@@ -47,6 +52,7 @@ impl ComparisonRow {
             model: report.model.clone(),
             split: report.split.clone(),
             accuracy: report.accuracy,
+            accuracy_interval: report.accuracy_interval(0.95).ok(),
             precision: a.precision,
             recall: a.recall,
             f1: a.f1,
@@ -60,8 +66,8 @@ impl ComparisonRow {
     }
 }
 
-/// Several reports side by side, as the paper's results table: model, accuracy, precision,
-/// recall, F1, parameters, file size, median latency, batch size, throughput and peak memory.
+/// Several reports side by side, as the paper's results table: model, accuracy and its 95%
+/// Wilson interval, precision, recall, F1, parameters, file size, median latency, batch size, throughput and peak memory.
 ///
 /// Precision, recall and F1 use one [`Average`] for every row (macro by default, the usual
 /// choice for balanced MNIST). Missing figures print as `-`. A `split` column is added only
@@ -124,6 +130,7 @@ impl ComparisonTable {
         }
         h.extend([
             "accuracy".to_string(),
+            "95% interval".to_string(),
             format!("precision ({avg})"),
             format!("recall ({avg})"),
             format!("F1 ({avg})"),
@@ -145,6 +152,9 @@ impl ComparisonTable {
         }
         c.extend([
             format_percent(r.accuracy),
+            r.accuracy_interval.map_or_else(dash, |i| {
+                format!("{}-{}", format_percent(i.low), format_percent(i.high))
+            }),
             format!("{:.4}", r.precision),
             format!("{:.4}", r.recall),
             format!("{:.4}", r.f1),
@@ -259,9 +269,9 @@ mod tests {
         let mut t = ComparisonTable::from_reports(&reports(), Average::Macro);
         t.sort_by_accuracy();
         let expected = "\
-model      accuracy  precision (macro)  recall (macro)  F1 (macro)     params      size  latency (median)  batch    throughput    peak RSS
-lenet-5     100.00%             1.0000          1.0000      1.0000  1,199,882  4.58 MiB          1.500 ms     64  42,667 img/s  200.00 MiB
-mlp|small    87.50%             0.8889          0.8889      0.8667          -         -                 -      -             -           -
+model      accuracy    95% interval  precision (macro)  recall (macro)  F1 (macro)     params      size  latency (median)  batch    throughput    peak RSS
+lenet-5     100.00%  67.56%-100.00%             1.0000          1.0000      1.0000  1,199,882  4.58 MiB          1.500 ms     64  42,667 img/s  200.00 MiB
+mlp|small    87.50%   52.91%-97.76%             0.8889          0.8889      0.8667          -         -                 -      -             -           -
 ";
         assert_eq!(t.render_text(), expected);
     }
@@ -276,15 +286,15 @@ mlp|small    87.50%             0.8889          0.8889      0.8667          -   
         assert_eq!(lines.len(), 4);
         assert_eq!(
             lines[0],
-            "| model | split | accuracy | precision (weighted) | recall (weighted) | F1 (weighted) | params | size | latency (median) | batch | throughput | peak RSS |"
+            "| model | split | accuracy | 95% interval | precision (weighted) | recall (weighted) | F1 (weighted) | params | size | latency (median) | batch | throughput | peak RSS |"
         );
         assert_eq!(
             lines[1],
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
-        assert!(
-            lines[2].starts_with("| mlp\\|small | test | 87.50% | 0.9167 | 0.8750 | 0.8750 | - |")
-        );
+        assert!(lines[2].starts_with(
+            "| mlp\\|small | test | 87.50% | 52.91%-97.76% | 0.9167 | 0.8750 | 0.8750 | - |"
+        ));
         assert!(lines[3].starts_with("| lenet-5 | validation | 100.00% |"));
     }
 
@@ -297,5 +307,18 @@ mlp|small    87.50%             0.8889          0.8889      0.8667          -   
         assert!(v["rows"][0]["latency_median_ms"].is_null());
         let back: ComparisonTable = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn tables_saved_without_intervals_still_load() {
+        let t = ComparisonTable::from_reports(&reports(), Average::Macro);
+        let mut v = serde_json::to_value(&t).unwrap();
+        assert!(v["rows"][0]["accuracy_interval"]["low"].is_number());
+        for row in v["rows"].as_array_mut().unwrap() {
+            row.as_object_mut().unwrap().remove("accuracy_interval");
+        }
+        let back: ComparisonTable = serde_json::from_value(v).unwrap();
+        assert!(back.rows.iter().all(|r| r.accuracy_interval.is_none()));
+        assert!(back.render_text().lines().nth(1).unwrap().contains(" - "));
     }
 }

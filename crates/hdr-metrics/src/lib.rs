@@ -16,7 +16,8 @@
 //! - Efficiency: [`LatencyStats`] (median, p90, p99, throughput), [`ModelSize`], and the
 //!   process's OS-measured memory ([`peak_rss_bytes`], [`current_rss_bytes`]), gathered in
 //!   [`Efficiency`].
-//! - [`ComparisonTable`]: several reports side by side, as a results table;
+//! - [`ComparisonTable`]: several reports side by side, as a results table (each accuracy with
+//!   its 95% Wilson interval);
 //!   [`splice_section`] puts a generated table into a hand-written Markdown page.
 //! - Significance: [`wilson_interval`] (how far a test-set accuracy can be from the model's
 //!   true one) and [`McNemar`]'s exact test (whether two models evaluated on the same samples

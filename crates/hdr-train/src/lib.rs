@@ -6,9 +6,10 @@
 //! - [`Optimizer`]: Adam (the paper's), AdamW, SGD with momentum; weight decay, gradient clipping.
 //! - [`LrSchedule`]: constant, step, cosine and one-cycle, with warm-up.
 //! - Auxiliary loss (`aux_weight`) and knowledge distillation ([`Teacher`], [`DistillConfig`],
-//!   [`distillation_loss`], [`ensemble_logits`] for several teachers); label smoothing.
+//!   [`distillation_loss`], [`ensemble_logits`] for several teachers, [`TeacherSource`] to build
+//!   one from trained models); label smoothing.
 //! - [`Ema`]: a moving average of the weights, validated and kept instead of the raw weights
-//!   ([`TrainConfig::ema`]).
+//!   ([`TrainConfig::ema`], batch-norm statistics copied or averaged: [`EmaStatistics`]).
 //! - [`recipe`]: the study's settings for each registered model ([`quick_recipe`]: the
 //!   quickstart's few-minute variant); [`train_and_evaluate`]: one
 //!   entry of the comparative study, from configuration to test report.
@@ -48,9 +49,10 @@ mod optim;
 mod recipe;
 mod schedule;
 mod study;
+mod teacher;
 mod trainer;
 
-pub use ema::Ema;
+pub use ema::{Ema, EmaStatistics};
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, loss_and_accuracy, measure_efficiency, predict_logits};
 pub use history::{EpochRecord, History};
@@ -62,6 +64,7 @@ pub use study::{
     results_markdown, study_table, train_and_evaluate, training_cost_markdown, utc_date_today,
     write_results_section, Splits, StudyData, StudyOutcome,
 };
+pub use teacher::TeacherSource;
 pub use trainer::{
     ensemble_logits, fit, teacher_logits, trainable, DistillConfig, EarlyStopping, Teacher,
     TrainConfig,

@@ -11,7 +11,7 @@ use hdr_data::{Augment, BatchConfig, Dataset, Normalize};
 use hdr_models::Classifier;
 use serde::{Deserialize, Serialize};
 
-use crate::ema::Ema;
+use crate::ema::{Ema, EmaStatistics};
 use crate::error::{Result, TrainError};
 use crate::evaluate::{loss_and_accuracy, predict_logits};
 use crate::history::{write_atomic, EpochRecord, History};
@@ -88,6 +88,8 @@ pub struct TrainConfig {
     /// Decay of an exponential moving average of the weights ([`Ema`]), e.g. 0.999: when set,
     /// the average is what is validated, selected by early stopping and returned.
     pub ema: Option<f64>,
+    /// Whether that average copies or averages batch-norm statistics.
+    pub ema_statistics: EmaStatistics,
     /// Distillation settings, used when a teacher is given.
     pub distill: DistillConfig,
     /// Seed of shuffling, augmentation and dropout.
@@ -121,6 +123,7 @@ impl Default for TrainConfig {
             aux_weight: 0.3,
             early_stopping: None,
             ema: None,
+            ema_statistics: EmaStatistics::Copied,
             distill: DistillConfig::default(),
             seed: 0,
             augment: None,
@@ -178,7 +181,7 @@ impl TrainConfig {
 
     /// What a resumed run must share with the run that wrote the checkpoint.
     fn fingerprint(&self, model: &dyn Classifier, train_len: usize) -> String {
-        serde_json::json!({
+        let mut print = serde_json::json!({
             "model": model.config(),
             "seed": self.seed,
             "batch_size": self.batch_size,
@@ -187,8 +190,12 @@ impl TrainConfig {
             "lr": self.lr,
             "augment": format!("{:?}", self.augment),
             "ema": self.ema,
-        })
-        .to_string()
+        });
+        // Only when not the default, so checkpoints written before the option still resume.
+        if self.ema_statistics != EmaStatistics::Copied {
+            print["ema_statistics"] = serde_json::json!(self.ema_statistics);
+        }
+        print.to_string()
     }
 }
 
@@ -381,7 +388,10 @@ pub fn fit(
     let steps_per_epoch = train.batches(&batch_cfg, 0, &cfg.device)?.num_batches();
     let total_steps = steps_per_epoch * cfg.epochs;
     let mut opt = Optimizer::new(&cfg.optimizer, vars)?;
-    let mut ema = cfg.ema.map(|d| Ema::new(d, vars)).transpose()?;
+    let mut ema = cfg
+        .ema
+        .map(|d| Ema::with_statistics(d, cfg.ema_statistics, vars))
+        .transpose()?;
     let fingerprint = cfg.fingerprint(model, train.len());
 
     let mut history = History::default();
