@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
     let teacher = hdr::models::load_or_pretrained(&a.teacher, &device)?;
-    let source = TeacherSource::new(vec![teacher], false, &data.train, &device)?;
+    let normalize = recipe("mobilenet_hdr", a.epochs).normalize;
+    let source = TeacherSource::cached(&[teacher], &data.train, normalize, &device)?;
     let teacher = source.teacher();
 
     let paper = MobileNetHdrConfig::paper();

@@ -120,6 +120,11 @@ fn train_config(name: &str, a: &Args) -> TrainConfig {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    anyhow::ensure!(
+        !a.live_teacher || a.teacher.len() <= 1,
+        "--live-teacher runs one teacher, {} were given",
+        a.teacher.len()
+    );
     // Before anything allocates on rayon's pool: one allocator arena for all threads.
     hdr::ops::single_allocator_arena();
     let device = Device::Cpu;
@@ -142,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             hdr::models::ModelConfig::MobileNetHdr(c) => c.teacher.clone(),
             _ => None,
         };
+        let cfg = train_config(name, &a);
         let source = match wants {
             Some(preset) => {
                 let names = if a.teacher.is_empty() {
@@ -159,12 +165,12 @@ fn main() -> anyhow::Result<()> {
                         done.file.clone()
                     } else {
                         println!("\n== {t} (teacher)");
-                        let cfg = train_config(t, &a);
+                        let teacher_cfg = train_config(t, &a);
                         let outcome = train_and_evaluate(
                             t,
                             &hdr::models::config(t)?,
                             splits,
-                            &cfg,
+                            &teacher_cfg,
                             None,
                             &a.out_dir,
                         )?;
@@ -175,12 +181,11 @@ fn main() -> anyhow::Result<()> {
                     println!("distilling from {}", file.display());
                     loaded.push(hdr::models::load(&file, &device)?);
                 }
-                Some(TeacherSource::new(
-                    loaded,
-                    a.live_teacher,
-                    &data.train,
-                    &device,
-                )?)
+                Some(if a.live_teacher {
+                    TeacherSource::live(loaded.remove(0))
+                } else {
+                    TeacherSource::cached(&loaded, &data.train, cfg.normalize, &device)?
+                })
             }
             None => None,
         };
@@ -193,7 +198,6 @@ fn main() -> anyhow::Result<()> {
                 ""
             }
         );
-        let cfg = train_config(name, &a);
         let outcome =
             train_and_evaluate(name, &config, splits, &cfg, distill.as_ref(), &a.out_dir)?;
         println!(

@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
     let loaded = hdr::models::load_or_pretrained(&a.teacher, &device)?;
-    // The teacher's own row of the table, before the source takes the model.
+    // The teacher's own row of the table, before a live source takes the model.
     let (t_report, _) = hdr::train::evaluate(
         loaded.model.as_ref(),
         &data.test,
@@ -57,14 +57,18 @@ fn main() -> anyhow::Result<()> {
         &device,
     )?;
     let teacher_name = loaded.name.clone();
-    let source = TeacherSource::new(vec![loaded], a.live, &data.train, &device)?;
-    let teacher = source.teacher();
     let config = hdr::models::config(&a.student)?;
     let mut cfg = recipe(&a.student, a.epochs);
     cfg.distill = DistillConfig {
         temperature: a.temperature,
         alpha: a.alpha,
     };
+    let source = if a.live {
+        TeacherSource::live(loaded)
+    } else {
+        TeacherSource::cached(&[loaded], &data.train, cfg.normalize, &device)?
+    };
+    let teacher = source.teacher();
     println!("== {} without distillation", a.student);
     let plain = train_and_evaluate(
         &format!("{}_plain", a.student),

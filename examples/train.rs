@@ -77,7 +77,7 @@ struct Args {
     ema: Option<f64>,
     /// What the moving average does with batch-norm statistics: `copied` from the current
     /// weights, or `averaged` like the weights (as timm's ModelEmaV2).
-    #[arg(long, default_value = "copied")]
+    #[arg(long, default_value = "copied", requires = "ema")]
     ema_statistics: hdr::train::EmaStatistics,
     /// Early-stopping patience in epochs (off when absent).
     #[arg(long)]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::significance::Interval;
+
 /// `s` right-aligned in `width` characters (never truncated).
 pub(crate) fn pad_left(s: &str, width: usize) -> String {
     let n = s.chars().count();
@@ -98,6 +100,15 @@ pub fn format_percent(fraction: f64) -> String {
     format!("{:.2}%", fraction * 100.0)
 }
 
+/// An interval of fractions as percentages: `99.44%-99.70%`.
+pub fn format_interval(interval: Interval) -> String {
+    format!(
+        "{}-{}",
+        format_percent(interval.low),
+        format_percent(interval.high)
+    )
+}
+
 /// A duration in the unit that keeps 3-4 significant digits: `812 ns`, `12.3 µs`,
 /// `1.234 ms`, `2.500 s`.
 pub fn format_duration(d: Duration) -> String {
@@ -142,6 +153,11 @@ mod tests {
     fn percent_and_duration() {
         assert_eq!(format_percent(0.99123), "99.12%");
         assert_eq!(format_percent(1.0), "100.00%");
+        let i = Interval {
+            low: 0.99436,
+            high: 0.997,
+        };
+        assert_eq!(format_interval(i), "99.44%-99.70%");
         assert_eq!(format_duration(Duration::from_nanos(812)), "812 ns");
         assert_eq!(format_duration(Duration::from_nanos(12_345)), "12.3 µs");
         assert_eq!(format_duration(Duration::from_micros(1234)), "1.234 ms");

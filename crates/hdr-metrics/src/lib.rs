@@ -64,7 +64,7 @@ pub use efficiency::{
 };
 pub use error::{MetricsError, Result};
 pub use evaluator::{Evaluator, EvaluatorConfig, Misclassified};
-pub use format::{format_bytes, format_count, format_duration, format_percent};
+pub use format::{format_bytes, format_count, format_duration, format_interval, format_percent};
 pub use label::ClassLabel;
 pub use markdown::splice_section;
 pub use metrics::{

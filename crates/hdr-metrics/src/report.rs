@@ -3,7 +3,9 @@ use serde::{Deserialize, Serialize};
 use crate::confusion::ConfusionMatrix;
 use crate::efficiency::Efficiency;
 use crate::error::{MetricsError, Result};
-use crate::format::{format_bytes, format_count, format_duration, format_percent, md_row};
+use crate::format::{
+    format_bytes, format_count, format_duration, format_interval, format_percent, md_row,
+};
 use crate::metrics::{
     Average, AverageMetrics, ClassMetrics, ClassSelection, MetricsConfig, ZeroDivision,
 };
@@ -190,10 +192,9 @@ impl ClassificationReport {
         out.push_str(&self.sklearn_table(options.digits));
         if let Ok(i) = self.accuracy_interval(0.95) {
             out.push_str(&format!(
-                "\naccuracy {}, 95% interval {}-{} (Wilson)\n",
+                "\naccuracy {}, 95% interval {} (Wilson)\n",
                 format_percent(self.accuracy),
-                format_percent(i.low),
-                format_percent(i.high)
+                format_interval(i)
             ));
         }
         if !self.top_k.is_empty() {

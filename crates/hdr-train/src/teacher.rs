@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 use hdr_data::{Dataset, Normalize};
 use hdr_models::LoadedModel;
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::trainer::{ensemble_logits, teacher_logits, Teacher};
 
 /// A teacher built from trained models: it owns what [`Teacher`] borrows.
@@ -12,13 +12,15 @@ use crate::trainer::{ensemble_logits, teacher_logits, Teacher};
 /// ```no_run
 /// # fn main() -> hdr_train::Result<()> {
 /// use candle_core::Device;
+/// use hdr_data::Normalize;
 /// use hdr_train::{StudyData, TeacherSource};
 ///
 /// let data = StudyData::load(None, None)?;
 /// let resnet = hdr_models::pretrained("resnet", &Device::Cpu)?;
 /// let densenet = hdr_models::pretrained("densenet", &Device::Cpu)?;
 /// // The mean of both models' logits on the training images, computed once.
-/// let source = TeacherSource::new(vec![resnet, densenet], false, &data.train, &Device::Cpu)?;
+/// let source =
+///     TeacherSource::cached(&[resnet, densenet], &data.train, Normalize::UnitRange, &Device::Cpu)?;
 /// let teacher = source.teacher(); // for `fit` or `train_and_evaluate`
 /// # let _ = teacher;
 /// # Ok(())
@@ -33,35 +35,25 @@ pub enum TeacherSource {
 }
 
 impl TeacherSource {
-    /// `models` as one teacher: with `live`, the single model run on every training batch
-    /// (consistent soft targets, a teacher forward pass per batch); else the mean of their
-    /// logits on `train`, computed once (an ensemble when there are several).
+    /// `model` run on every training batch: soft targets that match the augmented images the
+    /// student sees, at the cost of a teacher forward pass per batch.
+    pub fn live(model: LoadedModel) -> Self {
+        Self::Live(model)
+    }
+
+    /// The mean of `models`' logits on `train` (un-augmented, inputs normalised as `normalize`
+    /// says, as the student's will be), computed once: one model's, or an ensemble's.
     ///
-    /// Errors with [`TrainError::InvalidConfig`] when there is no model, or when `live` is
-    /// asked of more than one.
-    pub fn new(
-        mut models: Vec<LoadedModel>,
-        live: bool,
+    /// Errors with [`TrainError::InvalidConfig`] when `models` is empty.
+    pub fn cached(
+        models: &[LoadedModel],
         train: &Dataset,
+        normalize: Normalize,
         device: &Device,
     ) -> Result<Self> {
-        if models.is_empty() || (live && models.len() > 1) {
-            return Err(TrainError::InvalidConfig {
-                name: "teachers",
-                value: models.len().to_string(),
-                reason: if live {
-                    "a live teacher is exactly one model"
-                } else {
-                    "distillation needs at least one teacher"
-                },
-            });
-        }
-        if live {
-            return Ok(Self::Live(models.remove(0)));
-        }
         let members = models
             .iter()
-            .map(|m| teacher_logits(m.model.as_ref(), train, Normalize::UnitRange, None, device))
+            .map(|m| teacher_logits(m.model.as_ref(), train, normalize, None, device))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::Logits(ensemble_logits(&members)?))
     }
@@ -78,13 +70,15 @@ impl TeacherSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::TrainError;
     use candle_core::DType;
 
-    fn tiny_mlp() -> Result<LoadedModel> {
+    fn mlp(seed: u64) -> Result<LoadedModel> {
         let config = hdr_models::config("mlp1")?;
         let vars = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
         let model = config.build(vb)?;
+        hdr_models::init::init(&vars, seed)?;
         Ok(LoadedModel {
             name: "mlp1".into(),
             config,
@@ -99,25 +93,24 @@ mod tests {
         Ok(Dataset::new(pixels, labels, 28, 28)?)
     }
 
+    fn logits(m: &LoadedModel, train: &Dataset) -> Result<Tensor> {
+        teacher_logits(
+            m.model.as_ref(),
+            train,
+            Normalize::UnitRange,
+            None,
+            &Device::Cpu,
+        )
+    }
+
     #[test]
     fn cached_logits_are_the_mean_of_the_models() -> Result<()> {
         let train = images(6)?;
-        let (a, b) = (tiny_mlp()?, tiny_mlp()?);
-        let la = teacher_logits(
-            a.model.as_ref(),
-            &train,
-            Normalize::UnitRange,
-            None,
-            &Device::Cpu,
-        )?;
-        let lb = teacher_logits(
-            b.model.as_ref(),
-            &train,
-            Normalize::UnitRange,
-            None,
-            &Device::Cpu,
-        )?;
-        let source = TeacherSource::new(vec![a, b], false, &train, &Device::Cpu)?;
+        let models = [mlp(1)?, mlp(2)?];
+        let (la, lb) = (logits(&models[0], &train)?, logits(&models[1], &train)?);
+        let gap = (&la - &lb)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(gap > 1e-3, "two seeds should give two teachers: {gap}");
+        let source = TeacherSource::cached(&models, &train, Normalize::UnitRange, &Device::Cpu)?;
         let Teacher::Logits(mean) = source.teacher() else {
             panic!("expected cached logits");
         };
@@ -125,24 +118,18 @@ mod tests {
         let expected = ((la + lb)? / 2.0)?;
         let diff = (mean - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "{diff}");
-        Ok(())
-    }
-
-    #[test]
-    fn a_live_teacher_is_one_model() -> Result<()> {
-        let train = images(2)?;
-        let live = TeacherSource::new(vec![tiny_mlp()?], true, &train, &Device::Cpu)?;
-        assert!(matches!(live.teacher(), Teacher::Model(_)));
-        let two = TeacherSource::new(vec![tiny_mlp()?, tiny_mlp()?], true, &train, &Device::Cpu);
-        assert!(
-            matches!(two, Err(TrainError::InvalidConfig { .. })),
-            "{two:?}"
-        );
-        let none = TeacherSource::new(Vec::new(), false, &train, &Device::Cpu);
+        let none = TeacherSource::cached(&[], &train, Normalize::UnitRange, &Device::Cpu);
         assert!(
             matches!(none, Err(TrainError::InvalidConfig { .. })),
             "{none:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_live_teacher_runs_its_model() -> Result<()> {
+        let live = TeacherSource::live(mlp(3)?);
+        assert!(matches!(live.teacher(), Teacher::Model(_)));
         Ok(())
     }
 }

@@ -192,7 +192,7 @@ impl TrainConfig {
             "ema": self.ema,
         });
         // Only when not the default, so checkpoints written before the option still resume.
-        if self.ema_statistics != EmaStatistics::Copied {
+        if self.ema.is_some() && self.ema_statistics != EmaStatistics::Copied {
             print["ema_statistics"] = serde_json::json!(self.ema_statistics);
         }
         print.to_string()
@@ -408,7 +408,7 @@ pub fn fit(
                 return Err(TrainError::Checkpoint {
                     path: ckpt,
                     reason: "written by a run with other settings (model, seed, batch size, data, optimiser, \
-                             schedule or augmentation); use another run folder"
+                             schedule, augmentation or moving average); use another run folder"
                         .into(),
                 });
             }
@@ -736,6 +736,33 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn averaged_statistics_change_the_fingerprint_only_with_an_average() -> Result<()> {
+        let vars = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let model = hdr_models::config("mlp1")?.build(vb)?;
+        let print = |cfg: &TrainConfig| cfg.fingerprint(model.as_ref(), 100);
+        let plain = TrainConfig::default();
+        // Checkpoints written before the option existed carry no such key.
+        assert!(!print(&plain).contains("ema_statistics"));
+        let averaged_unused = TrainConfig {
+            ema_statistics: EmaStatistics::Averaged,
+            ..TrainConfig::default()
+        };
+        assert_eq!(print(&averaged_unused), print(&plain));
+        let copied = TrainConfig {
+            ema: Some(0.999),
+            ..TrainConfig::default()
+        };
+        let averaged = TrainConfig {
+            ema_statistics: EmaStatistics::Averaged,
+            ..copied.clone()
+        };
+        assert!(!print(&copied).contains("ema_statistics"));
+        assert_ne!(print(&averaged), print(&copied));
+        Ok(())
+    }
 
     #[test]
     fn an_ensemble_averages_its_members_and_checks_their_shapes() -> Result<()> {
