@@ -227,12 +227,18 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn averages_parameters_copies_statistics_and_swaps_back() -> Result<()> {
+    /// A weight `w` of `n` zeros and a batch-norm statistic `name` of `n` values `init`.
+    fn weight_and_statistic(n: usize, name: &str, init: f64) -> Result<VarMap> {
         let vars = VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        vb.get_with_hints(2, "w", candle_nn::Init::Const(0.0))?;
-        vb.get_with_hints(2, "bn.running_mean", candle_nn::Init::Const(0.0))?;
+        vb.get_with_hints(n, "w", candle_nn::Init::Const(0.0))?;
+        vb.get_with_hints(n, name, candle_nn::Init::Const(init))?;
+        Ok(vars)
+    }
+
+    #[test]
+    fn averages_parameters_copies_statistics_and_swaps_back() -> Result<()> {
+        let vars = weight_and_statistic(2, "bn.running_mean", 0.0)?;
         let mut ema = Ema::new(0.5, &vars)?;
         // First update: decay min(0.5, 1/10) = 0.1.
         set(&vars, "w", &[10.0, 20.0])?;
@@ -265,10 +271,7 @@ mod tests {
 
     #[test]
     fn averaged_statistics_follow_the_weights_decay() -> Result<()> {
-        let vars = VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        vb.get_with_hints(1, "w", candle_nn::Init::Const(0.0))?;
-        vb.get_with_hints(1, "bn.running_var", candle_nn::Init::Const(1.0))?;
+        let vars = weight_and_statistic(1, "bn.running_var", 1.0)?;
         let mut ema = Ema::with_statistics(0.5, EmaStatistics::Averaged, &vars)?;
         // Decay min(0.5, 1/10) = 0.1: both move 90% of the way.
         set(&vars, "w", &[10.0])?;
