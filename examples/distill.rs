@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use clap::Parser;
-use hdr::train::{recipe, train_and_evaluate, DistillConfig, StudyData, TeacherSource};
+use hdr::train::{recipe, teacher_logits, train_and_evaluate, DistillConfig, StudyData, Teacher};
 
 #[derive(Parser)]
 #[command(about = "Train a student with and without distillation from a teacher")]
@@ -47,28 +47,23 @@ fn main() -> anyhow::Result<()> {
     let data = StudyData::load(a.data.clone(), a.train_subset)?;
     let splits = data.splits();
     let loaded = hdr::models::load_or_pretrained(&a.teacher, &device)?;
-    // The teacher's own row of the table, before a live source takes the model.
-    let (t_report, _) = hdr::train::evaluate(
-        loaded.model.as_ref(),
-        &data.test,
-        &loaded.name,
-        "test",
-        Default::default(),
-        &device,
-    )?;
-    let teacher_name = loaded.name.clone();
+    let teacher = if a.live {
+        Teacher::Model(loaded.model.as_ref())
+    } else {
+        Teacher::Logits(teacher_logits(
+            loaded.model.as_ref(),
+            &data.train,
+            Default::default(),
+            None,
+            &device,
+        )?)
+    };
     let config = hdr::models::config(&a.student)?;
     let mut cfg = recipe(&a.student, a.epochs);
     cfg.distill = DistillConfig {
         temperature: a.temperature,
         alpha: a.alpha,
     };
-    let source = if a.live {
-        TeacherSource::live(loaded)
-    } else {
-        TeacherSource::cached(&[loaded], &data.train, cfg.normalize, &device)?
-    };
-    let teacher = source.teacher();
     println!("== {} without distillation", a.student);
     let plain = train_and_evaluate(
         &format!("{}_plain", a.student),
@@ -78,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         None,
         &a.out_dir,
     )?;
-    println!("== {} distilled from {}", a.student, teacher_name);
+    println!("== {} distilled from {}", a.student, loaded.name);
     let distilled = train_and_evaluate(
         &format!("{}_distilled", a.student),
         &config,
@@ -86,6 +81,14 @@ fn main() -> anyhow::Result<()> {
         &cfg,
         Some(&teacher),
         &a.out_dir,
+    )?;
+    let (t_report, _) = hdr::train::evaluate(
+        loaded.model.as_ref(),
+        &data.test,
+        &loaded.name,
+        "test",
+        Default::default(),
+        &device,
     )?;
     let mut table = hdr::train::study_table(&[plain, distilled]);
     table.push(&t_report);
